@@ -1,2 +1,116 @@
 // SPDX-License-Identifier: Apache-2.0
-// (placeholder: being written)
+// Blocking Unix-socket HTTP client built on Boost.Beast (ctl layer).
+#include "ctl/client.h"
+
+#include <utility>  // before Boost 1.74's headers, which forget it
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http.hpp>
+
+namespace gptqd::ctl {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using local = asio::local::stream_protocol;
+
+local::socket connect(asio::io_context& io, const std::filesystem::path& path) {
+  local::socket sock(io);
+  boost::system::error_code ec;
+  sock.connect(local::endpoint(path.string()), ec);
+  if (ec) {
+    std::string hint = (ec == asio::error::not_found || ec == asio::error::connection_refused)
+                           ? " — is gptqd running? Start it with `gptqd`, or point --socket / GPTQD_SOCKET at its socket"
+                           : (ec == asio::error::access_denied ? " — ask for access to the gptqd group" : "");
+    throw CtlError(kExitUnreachable, "cannot connect to gptqd at " + path.string() + ": " + ec.message() + hint);
+  }
+  return sock;
+}
+
+http::request<http::string_body> make_request(const std::string& method, const std::string& target,
+                                              const std::string& body) {
+  http::request<http::string_body> req{http::string_to_verb(method), target, 11};
+  req.set(http::field::host, "gptqd");
+  req.set(http::field::user_agent, "gptqctl/" GPTQD_VERSION);
+  req.keep_alive(false);
+  if (!body.empty() || method == "POST" || method == "DELETE") {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+    req.prepare_payload();
+  }
+  return req;
+}
+
+[[noreturn]] void lost(const std::filesystem::path& path, const boost::system::error_code& ec) {
+  throw CtlError(kExitFailed, "lost the connection to gptqd at " + path.string() + ": " + ec.message());
+}
+
+}  // namespace
+
+HttpResult Client::request(const std::string& method, const std::string& target, const std::string& body) {
+  asio::io_context io;
+  local::socket sock = connect(io, socket_path_);
+  boost::system::error_code ec;
+  http::write(sock, make_request(method, target, body), ec);
+  if (ec) lost(socket_path_, ec);
+  beast::flat_buffer buf;
+  http::response_parser<http::string_body> parser;
+  parser.body_limit(256u << 20);
+  http::read(sock, buf, parser, ec);
+  if (ec) lost(socket_path_, ec);
+  return HttpResult{static_cast<int>(parser.get().result_int()), parser.get().body()};
+}
+
+HttpResult Client::stream(const std::string& method, const std::string& target, const std::string& body,
+                          const std::function<void(const nlohmann::json&)>& on_event) {
+  asio::io_context io;
+  local::socket sock = connect(io, socket_path_);
+  boost::system::error_code ec;
+  http::write(sock, make_request(method, target, body), ec);
+  if (ec) lost(socket_path_, ec);
+  beast::flat_buffer buf;
+  http::response_parser<http::buffer_body> parser;
+  parser.body_limit(std::uint64_t{1} << 50);  // not boost::none: Beast 1.74 then rejects any Content-Length
+  http::read_header(sock, buf, parser, ec);
+  if (ec) lost(socket_path_, ec);
+  const int status = static_cast<int>(parser.get().result_int());
+  std::string pending;  // bytes not yet ending in '\n'
+  HttpResult result{status, {}};
+  char chunk[16384];
+  while (!parser.is_done()) {
+    parser.get().body().data = chunk;
+    parser.get().body().size = sizeof chunk;
+    http::read(sock, buf, parser, ec);
+    if (ec == http::error::need_buffer) ec = {};
+    if (ec) lost(socket_path_, ec);
+    const size_t n = sizeof chunk - parser.get().body().size;
+    if (status != 200) {
+      result.body.append(chunk, n);
+      continue;
+    }
+    pending.append(chunk, n);
+    size_t start = 0;
+    for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string_view line(pending.data() + start, nl - start);
+      if (line.empty()) continue;
+      nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+      if (ev.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed event: " + std::string(line.substr(0, 200)));
+      on_event(ev);
+    }
+    pending.erase(0, start);
+  }
+  return result;
+}
+
+std::string error_message(const HttpResult& r) {
+  nlohmann::json j = nlohmann::json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_object() && j.contains("error") && j["error"].is_string()) return j["error"].get<std::string>();
+  std::string body = r.body;
+  while (!body.empty() && (body.back() == '\n' || body.back() == '\r')) body.pop_back();
+  return body.empty() ? "HTTP " + std::to_string(r.status) : "HTTP " + std::to_string(r.status) + ": " + body;
+}
+
+}  // namespace gptqd::ctl

@@ -1,2 +1,183 @@
 // SPDX-License-Identifier: Apache-2.0
-// (placeholder: being written)
+// gptqctl subcommands (ctl layer).
+#include "ctl/commands.h"
+
+#include <filesystem>
+#include <regex>
+
+#include "ctl/render.h"
+#include "daemon/protocol.h"
+
+namespace gptqd::ctl {
+namespace {
+
+using nlohmann::json;
+
+json parse_json_or_fail(const HttpResult& r) {
+  json j = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed response: " + r.body.substr(0, 200));
+  return j;
+}
+
+void check_ok(const HttpResult& r) {
+  if (r.status != 200) throw CtlError(kExitFailed, error_message(r));
+}
+
+// Client-side check so a typo fails before any request; the daemon checks again.
+std::string checked_ref(const std::string& text) {
+  std::string why;
+  if (!protocol::parse_model_ref(text, &why)) {
+    throw CtlError(kExitUsage, "invalid model name '" + printable(text) + "': " + why);
+  }
+  return text;
+}
+
+void print(Context& ctx, const std::string& s) { std::fputs(s.c_str(), ctx.out); }
+
+std::string config_summary(const json& c) {
+  if (!c.is_object()) return "";
+  auto num = [&](const char* k) { return c.contains(k) && c[k].is_number() ? c[k].dump() : std::string("?"); };
+  std::string s = "layers " + num("n_layers") + ", hidden " + num("hidden_size") + ", heads " + num("n_heads") + "/" +
+                  num("n_kv_heads") + " kv, head_dim " + num("head_dim") + ", ffn " + num("intermediate_size") +
+                  ", vocab " + num("vocab_size") + ", context " + num("max_position_embeddings") + ", rope theta " +
+                  num("rope_theta");
+  if (c.value("tie_word_embeddings", false)) s += ", tied embeddings";
+  if (c.value("attention_bias", false)) s += ", qkv bias";
+  if (c.contains("rope_scaling") && c["rope_scaling"].is_object()) {
+    s += ", rope scaling " + printable(c["rope_scaling"].value("type", std::string("?")));
+  }
+  return s;
+}
+
+}  // namespace
+
+std::string resolve_pull_source(const std::string& source) {
+  if (source.empty()) throw CtlError(kExitUsage, "pull needs a SOURCE: a .gguf file, a model folder or org/repo");
+  std::error_code ec;
+  std::filesystem::path p(source);
+  if (std::filesystem::exists(p, ec)) return std::filesystem::absolute(p, ec).lexically_normal().string();
+  static const std::regex kRepo("[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}(@[A-Za-z0-9._/-]+)?");
+  if (std::regex_match(source, kRepo)) return source;
+  throw CtlError(kExitFailed, "no such file or directory: " + printable(source) +
+                                  " (expected a .gguf file, a Hugging Face model folder or org/repo)");
+}
+
+int cmd_status(Context& ctx) {
+  HttpResult r = ctx.client.request("GET", "/api/health");
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    j["socket"] = ctx.client.socket_path().string();
+    print(ctx, j.dump() + "\n");
+    return kExitOk;
+  }
+  const auto n_models = j.value("models", 0);
+  print(ctx, "gptqd " + printable(j.value("version", std::string("?"))) + " is running on " +
+                 printable(ctx.client.socket_path().string()) + " (pid " + std::to_string(j.value("pid", 0)) + ", up " +
+                 std::to_string(j.value("uptime_s", 0)) + " s, " + std::to_string(n_models) +
+                 (n_models == 1 ? " model" : " models") + ")\n");
+  return kExitOk;
+}
+
+int cmd_pull(Context& ctx, const PullArgs& args) {
+  protocol::PullRequest req;
+  req.source = resolve_pull_source(args.source);
+  if (!args.name.empty()) req.name = checked_ref(args.name);
+  req.revision = args.revision;
+  req.stream = true;
+  ProgressRenderer progress(ctx.err, ctx.tty);
+  std::string error, done_model;
+  json done;
+  HttpResult r = ctx.client.stream("POST", "/api/pull", req.to_json().dump(), [&](const json& ev) {
+    if (ctx.json) {
+      print(ctx, ev.dump() + "\n");
+      std::fflush(ctx.out);
+    }
+    if (ev.contains("error")) {
+      error = ev["error"].is_string() ? ev["error"].get<std::string>() : ev["error"].dump();
+    } else if (ev.value("event", "") == "done") {
+      done = ev;
+    } else if (!ctx.json) {
+      progress.on_event(ev);
+    }
+  });
+  progress.finish();
+  if (r.status != 200) throw CtlError(r.status == 409 ? kExitFailed : kExitFailed, error_message(r));
+  if (!error.empty()) throw CtlError(kExitFailed, "pull failed: " + error);
+  if (done.is_null()) throw CtlError(kExitFailed, "the pull ended without a result (did the daemon stop?)");
+  if (!ctx.json) {
+    print(ctx, "pulled " + printable(done.value("model", std::string())) + " (" + printable(done.value("architecture", std::string())) +
+                   ", " + protocol::format_param_count(done.value("n_params", uint64_t{0})) + " params, " +
+                   printable(done.value("dtype", std::string())) + ", " + human_bytes(done.value("size", uint64_t{0})) + ")\n");
+  }
+  return kExitOk;
+}
+
+int cmd_list(Context& ctx) {
+  HttpResult r = ctx.client.request("GET", "/api/tags");
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    print(ctx, j.dump() + "\n");
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"NAME", "TAG", "ARCH", "PARAMS", "DTYPE", "SIZE", "SOURCE"}};
+  for (const auto& m : j.value("models", json::array())) {
+    protocol::ModelEntry e = protocol::ModelEntry::from_json(m);
+    rows.push_back({printable(e.name), printable(e.tag) + (e.is_default ? " (default)" : ""), printable(e.architecture),
+                    protocol::format_param_count(e.n_params), printable(e.dtype), human_bytes(e.size_bytes),
+                    printable(e.source)});
+  }
+  if (rows.size() == 1) {
+    print(ctx, "no models yet; add one with: gptqctl pull FILE.gguf | MODEL_FOLDER\n");
+    return kExitOk;
+  }
+  print(ctx, format_table(rows));
+  return kExitOk;
+}
+
+int cmd_show(Context& ctx, const std::string& model) {
+  protocol::ModelRequest req{checked_ref(model)};
+  HttpResult r = ctx.client.request("POST", "/api/show", req.to_json().dump());
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    print(ctx, j.dump() + "\n");
+    return kExitOk;
+  }
+  protocol::ModelEntry e = protocol::ModelEntry::from_json(j);
+  std::vector<std::vector<std::string>> rows = {
+      {"Model", printable(e.ref()) + (e.is_default ? " (default tag)" : "")},
+      {"Architecture", printable(e.architecture)},
+      {"Parameters", with_commas(e.n_params) + " (" + protocol::format_param_count(e.n_params) + ")"},
+      {"Dtype", printable(e.dtype)},
+      {"Format", printable(e.format)},
+      {"Size on disk", with_commas(e.size_bytes) + " bytes (" + human_bytes(e.size_bytes) + ")"},
+      {"Source", printable(e.source) + " (" + printable(e.source_kind) + ")"},
+      {"Digest", printable(e.digest)},
+      {"Added", protocol::rfc3339_utc(e.created_at)},
+      {"Config", config_summary(e.config)},
+  };
+  print(ctx, format_table(rows));
+  print(ctx, "Files\n");
+  std::vector<std::vector<std::string>> files;
+  for (const auto& f : e.files) files.push_back({"  " + printable(f.digest), with_commas(f.size_bytes), printable(f.name)});
+  print(ctx, format_table(files));
+  return kExitOk;
+}
+
+int cmd_rm(Context& ctx, const std::string& model) {
+  protocol::ModelRequest req{checked_ref(model)};
+  HttpResult r = ctx.client.request("DELETE", "/api/delete", req.to_json().dump());
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    print(ctx, j.dump() + "\n");
+    return kExitOk;
+  }
+  print(ctx, "deleted " + printable(j.value("model", model)) + " (freed " + human_bytes(j.value("freed_bytes", uint64_t{0})) +
+                 ")\n");
+  return kExitOk;
+}
+
+}  // namespace gptqd::ctl

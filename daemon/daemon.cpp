@@ -1,2 +1,172 @@
 // SPDX-License-Identifier: Apache-2.0
-// (placeholder: being written)
+// gptqd's life cycle: state directory, start-up recovery, serving, graceful shutdown (daemon layer).
+#include "daemon/daemon.h"
+
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <ctime>
+#include <vector>
+
+#include "daemon/handlers.h"
+#include "daemon/log.h"
+#include "engine/error.h"
+
+namespace gptqd::daemon {
+namespace {
+
+constexpr auto kShutdownGrace = std::chrono::seconds(10);
+
+// mkdir -p with mode 0750 for the directories we create.
+void make_dirs(const std::filesystem::path& dir) {
+  std::filesystem::path cur;
+  for (const auto& part : dir) {
+    cur /= part;
+    if (::mkdir(cur.c_str(), 0750) != 0 && errno != EEXIST) {
+      fail(ErrorCode::io, "cannot create ", cur.string(), ": ", std::strerror(errno));
+    }
+  }
+}
+
+// The state directory holds everything gptqd trusts; like sshd's StrictModes, refuse one that
+// another user owns or that others may write.
+void check_state_dir(const std::filesystem::path& dir) {
+  struct stat st {};
+  if (::lstat(dir.c_str(), &st) != 0) fail(ErrorCode::io, "cannot inspect ", dir.string(), ": ", std::strerror(errno));
+  if (S_ISLNK(st.st_mode)) fail(ErrorCode::io, "state directory ", dir.string(), " is a symlink; point --state-dir at the real directory");
+  if (!S_ISDIR(st.st_mode)) fail(ErrorCode::io, "state directory ", dir.string(), " is not a directory");
+  if (st.st_uid != ::geteuid()) {
+    fail(ErrorCode::io, "state directory ", dir.string(), " belongs to uid ", st.st_uid, ", not to uid ", ::geteuid(),
+         " which runs gptqd");
+  }
+  if (st.st_mode & (S_IWGRP | S_IWOTH)) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+    fail(ErrorCode::io, "state directory ", dir.string(), " has mode ", mode,
+         "; others may write it — run: chmod go-w ", dir.string());
+  }
+}
+
+}  // namespace
+
+Daemon::Daemon(DaemonConfig cfg) : cfg_(std::move(cfg)), pool_(cfg_.io_workers) {}
+
+Daemon::~Daemon() {
+  for (auto& c : cancels_) c->store(true);
+  pool_.join();
+  signals_.reset();
+  grace_timer_.reset();
+  server_.reset();
+  registry_.reset();
+  if (lock_fd_ >= 0) ::close(lock_fd_);
+}
+
+bool Daemon::is_admin(const PeerCred& peer) const {
+  if (peer.uid == 0 || peer.uid == ::geteuid()) return true;
+  struct group* gr = ::getgrnam(cfg_.admin_group.c_str());
+  if (!gr) return false;
+  if (peer.gid == gr->gr_gid) return true;
+  struct passwd* pw = ::getpwuid(peer.uid);
+  if (!pw) return false;
+  int n = 64;
+  std::vector<gid_t> groups(static_cast<size_t>(n));
+  if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n) < 0) {
+    groups.resize(static_cast<size_t>(n));
+    if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n) < 0) return false;
+  }
+  for (int i = 0; i < n; ++i) {
+    if (groups[static_cast<size_t>(i)] == gr->gr_gid) return true;
+  }
+  return false;
+}
+
+void Daemon::open_state() {
+  make_dirs(cfg_.state_dir);
+  check_state_dir(cfg_.state_dir);
+
+  // One daemon per state directory: the lock dies with its process, so a kill -9 leaves no
+  // stale lock behind.
+  const auto lock_path = cfg_.state_dir / "gptqd.lock";
+  lock_fd_ = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+  if (lock_fd_ < 0) fail(ErrorCode::io, "cannot open ", lock_path.string(), ": ", std::strerror(errno));
+  if (::flock(lock_fd_, LOCK_EX | LOCK_NB) != 0) {
+    char pid[32] = {};
+    [[maybe_unused]] ssize_t n = ::pread(lock_fd_, pid, sizeof pid - 1, 0);
+    fail(ErrorCode::conflict, "another gptqd (pid ", std::strtol(pid, nullptr, 10), ") is using the state directory ",
+         cfg_.state_dir.string());
+  }
+  std::string pid = std::to_string(::getpid()) + "\n";
+  if (::ftruncate(lock_fd_, 0) == 0) {
+    [[maybe_unused]] ssize_t n = ::pwrite(lock_fd_, pid.data(), pid.size(), 0);
+  }
+
+  registry_ = Registry::open(cfg_.state_dir / "registry.db");
+  blobs_ = std::make_unique<BlobStore>(cfg_.state_dir);
+
+  // Recovery: work a dead daemon left half done.
+  if (int n = registry_->fail_running_jobs("interrupted: the daemon stopped while this job ran"); n > 0) {
+    log_warn("marked ", n, " interrupted job(s) as failed");
+  }
+  for (const auto& removed : blobs_->sweep(registry_->blob_digests())) {
+    log_info("removed leftover ", removed, " (from an interrupted import)");
+  }
+}
+
+void Daemon::begin_shutdown(const char* why) {
+  if (stopping_) return;
+  stopping_ = true;
+  log_info("stopping (", why, "): no new connections; cancelling ", cancels_.size(), " job(s)");
+  server_->stop();
+  for (auto& c : cancels_) c->store(true);
+  // io_.run() returns by itself once every connection and job has wound down; a 20 ms poll
+  // watches for that and, after the grace period, closes busy connections under their feet.
+  grace_timer_ = std::make_unique<asio::steady_timer>(io_);
+  poll_shutdown(std::chrono::steady_clock::now() + kShutdownGrace, false);
+}
+
+void Daemon::poll_shutdown(std::chrono::steady_clock::time_point deadline, bool forced) {
+  if (server_->n_connections() == 0 && cancels_.empty()) return;  // nothing left: run() returns
+  if (!forced && std::chrono::steady_clock::now() >= deadline) {
+    log_warn("shutdown grace period over: closing ", server_->n_connections(), " busy connection(s)");
+    server_->close_all();
+    forced = true;
+  }
+  grace_timer_->expires_after(std::chrono::milliseconds(20));
+  grace_timer_->async_wait([this, deadline, forced](const boost::system::error_code& ec) {
+    if (!ec) poll_shutdown(deadline, forced);
+  });
+}
+
+int Daemon::run(const std::function<void()>& on_ready) {
+  started_at_ = static_cast<int64_t>(std::time(nullptr));
+  std::signal(SIGPIPE, SIG_IGN);
+  open_state();
+  server_ = std::make_unique<HttpServer>(io_, cfg_, make_dispatcher(*this));
+  server_->listen();
+  server_->start();
+
+  signals_ = std::make_unique<asio::signal_set>(io_, SIGTERM, SIGINT);
+  signals_->async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (!ec) begin_shutdown(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  });
+  log_info("gptqd ", GPTQD_VERSION, " listening on ", cfg_.socket_path.string(), ", state in ",
+           cfg_.state_dir.string());
+  if (on_ready) on_ready();
+  io_.run();  // returns when nothing is left: see begin_shutdown()
+  pool_.join();
+  signals_.reset();
+  grace_timer_.reset();
+  server_.reset();
+  log_info("stopped");
+  return 0;
+}
+
+}  // namespace gptqd::daemon

@@ -1,2 +1,382 @@
 // SPDX-License-Identifier: Apache-2.0
-// (placeholder: being written)
+// Route table and handlers of the socket API (daemon layer).
+//
+//   GET    /                 "gptqd is running" (liveness for humans and curl)
+//   GET    /api/version      {"version"}
+//   GET    /api/health       {"status", "version", "uptime_s", "models", "pid"}
+//   GET    /api/tags         {"models": [ModelEntry...]}
+//   POST   /api/show         {"model"} -> ModelEntry with config and files
+//   DELETE /api/delete       {"model"} -> {"status", "model", "freed_bytes"}        (admin)
+//   POST   /api/pull         {"model": SOURCE, "name"?, "stream"?} -> NDJSON events   (admin)
+#include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
+
+#include "daemon/handlers.h"
+
+#include <unistd.h>
+
+#include <ctime>
+#include <filesystem>
+#include <string_view>
+
+#include "daemon/async_util.h"
+#include "daemon/blob_store.h"
+#include "daemon/daemon.h"
+#include "daemon/importer.h"
+#include "daemon/log.h"
+#include "daemon/protocol.h"
+#include "engine/error.h"
+#include "engine/json_strict.h"
+#include "engine/model_source.h"
+
+namespace gptqd::daemon {
+namespace {
+
+using asio::awaitable;
+using nlohmann::json;
+using protocol::ModelEntry;
+using protocol::ModelRef;
+
+constexpr int kMaxJsonDepth = 64;
+
+http::status status_for(ErrorCode code) {
+  switch (code) {
+    case ErrorCode::invalid_argument:
+    case ErrorCode::invalid_model:
+    case ErrorCode::unsupported: return http::status::bad_request;
+    case ErrorCode::not_found: return http::status::not_found;
+    case ErrorCode::conflict: return http::status::conflict;
+    case ErrorCode::permission_denied: return http::status::forbidden;
+    case ErrorCode::no_space: return http::status::insufficient_storage;
+    case ErrorCode::cancelled: return http::status::service_unavailable;
+    case ErrorCode::io:
+    case ErrorCode::internal: return http::status::internal_server_error;
+  }
+  return http::status::internal_server_error;
+}
+
+json parse_body(const Request& req) {
+  if (req.body.empty()) fail(ErrorCode::invalid_argument, "request body is empty; expected a JSON object");
+  return engine::parse_json_strict(req.body, "request body", kMaxJsonDepth);
+}
+
+template <typename T>
+T parse_request(const Request& req) {
+  json body = parse_body(req);
+  try {
+    return T::from_json(body);
+  } catch (const protocol::RequestError& e) {
+    fail(ErrorCode::invalid_argument, e.what());
+  }
+}
+
+ModelRef parse_ref(const std::string& text) {
+  std::string why;
+  auto ref = protocol::parse_model_ref(text, &why);
+  if (!ref) fail(ErrorCode::invalid_argument, "invalid model name '", text, "': ", why);
+  return *ref;
+}
+
+ModelEntry to_entry(const RegistryTag& t, bool detailed) {
+  ModelEntry e;
+  e.name = t.name;
+  e.tag = t.tag;
+  e.is_default = t.is_default;
+  e.format = t.format;
+  e.architecture = t.architecture;
+  e.n_params = t.n_params;
+  e.dtype = t.dtype;
+  e.size_bytes = t.size_bytes;
+  e.source = t.source;
+  e.source_kind = t.source_kind;
+  e.digest = t.digest;
+  e.created_at = t.created_at;
+  if (detailed) {
+    e.config = json::parse(t.config_json, nullptr, /*allow_exceptions=*/false);
+    for (const auto& f : t.files) e.files.push_back(protocol::FileEntry{f.name, f.digest, f.size_bytes});
+  }
+  return e;
+}
+
+RegistryTag find_or_404(Daemon& d, const ModelRef& ref) {
+  auto t = d.registry().find(ref.name, ref.tag);
+  if (!t) {
+    fail(ErrorCode::not_found, "model '", ref.str(), "' not found; `gptqctl list` shows the models this daemon has");
+  }
+  return *t;
+}
+
+// ---- handlers ----------------------------------------------------------------------------------
+
+awaitable<void> handle_root(Daemon&, Request&, ResponseWriter& w) {
+  co_await w.send(http::status::ok, "gptqd is running\n", "text/plain; charset=utf-8");
+}
+
+awaitable<void> handle_version(Daemon&, Request&, ResponseWriter& w) {
+  json body = {{"version", GPTQD_VERSION}};
+  co_await w.send_json(http::status::ok, body);
+}
+
+awaitable<void> handle_health(Daemon& d, Request&, ResponseWriter& w) {
+  json body = {{"status", "ok"},
+               {"version", GPTQD_VERSION},
+               {"pid", ::getpid()},
+               {"uptime_s", std::time(nullptr) - d.started_at()},
+               {"models", d.registry().list().size()}};
+  co_await w.send_json(http::status::ok, body);
+}
+
+awaitable<void> handle_tags(Daemon& d, Request&, ResponseWriter& w) {
+  json models = json::array();
+  for (const auto& t : d.registry().list()) models.push_back(to_entry(t, false).to_json(false));
+  json body = {{"models", std::move(models)}};
+  co_await w.send_json(http::status::ok, body);
+}
+
+awaitable<void> handle_show(Daemon& d, Request& req, ResponseWriter& w) {
+  auto r = parse_request<protocol::ModelRequest>(req);
+  RegistryTag t = find_or_404(d, parse_ref(r.model));
+  co_await w.send_json(http::status::ok, to_entry(t, true).to_json(true));
+}
+
+awaitable<void> handle_delete(Daemon& d, Request& req, ResponseWriter& w) {
+  auto r = parse_request<protocol::ModelRequest>(req);
+  ModelRef ref = parse_ref(r.model);
+  RegistryTag t = find_or_404(d, ref);
+  if (d.pulls_in_flight().contains(t.name + ":" + t.tag)) {
+    fail(ErrorCode::conflict, "model ", t.name, ":", t.tag, " is being pulled; try again when the pull ends");
+  }
+  std::vector<std::string> unreferenced = d.registry().remove(t.name, t.tag);
+  uint64_t freed = 0;
+  for (const auto& digest : unreferenced) {
+    for (const auto& f : t.files) {
+      if (f.digest == digest) {
+        freed += f.size_bytes;
+        break;
+      }
+    }
+    if (!d.blobs().remove_unless_pinned(digest)) {
+      log_info("keeping blob ", digest, ": an import in flight uses it");
+    }
+  }
+  log_info("deleted ", t.name, ":", t.tag, " (", unreferenced.size(), " blob(s) freed)");
+  json body = {{"status", "success"}, {"model", t.name + ":" + t.tag}, {"freed_bytes", freed}};
+  co_await w.send_json(http::status::ok, body);
+}
+
+// Releases what a failed or finished import holds: pins, and blobs no registry row references.
+void release_import(Daemon& d, const ImportOutcome& out, bool committed) {
+  std::set<std::string> known;
+  if (!committed) known = d.registry().blob_digests();
+  for (size_t i = 0; i < out.n_published; ++i) {
+    const std::string& digest = out.staged[i].digest;
+    d.blobs().unpin(digest);
+    if (!committed && !known.contains(digest)) d.blobs().remove_unless_pinned(digest);
+  }
+}
+
+awaitable<void> handle_pull(Daemon& d, Request& req, ResponseWriter& w) {
+  auto r = parse_request<protocol::PullRequest>(req);
+  const std::filesystem::path source(r.source);
+  if (!source.is_absolute()) {
+    if (r.source.find('/') != std::string::npos && !std::filesystem::exists(source)) {
+      fail(ErrorCode::unsupported, "'", r.source,
+           "' is not a local path; pulling from the Hugging Face Hub is not available in this gptqd yet. "
+           "Download the model and pull its folder, or pull a .gguf file");
+    }
+    fail(ErrorCode::invalid_argument, "source '", r.source, "' must be an absolute path (gptqctl resolves relative ones)");
+  }
+  if (!r.revision.empty()) fail(ErrorCode::invalid_argument, "\"revision\" applies to Hub pulls only, not to local paths");
+
+  // Fail fast on the source, before anything is copied or streamed.
+  auto inspect = [source] { return engine::inspect_model_source(source); };
+  engine::ModelInfo pre = co_await run_blocking(d.pool(), std::move(inspect));
+
+  ModelRef ref;
+  if (!r.name.empty()) ref = parse_ref(r.name);
+  if (ref.name.empty()) ref.name = pre.suggested_name;
+  if (ref.tag.empty()) ref.tag = pre.suggested_tag;
+  std::string why;
+  if (!protocol::is_valid_name(ref.name, &why) || !protocol::is_valid_tag(ref.tag, &why)) {
+    fail(ErrorCode::invalid_argument, "cannot derive a valid model name from ", source.string(), " (", why,
+         "); pass one with --name");
+  }
+  const std::string target = ref.name + ":" + ref.tag;
+  if (d.registry().find(ref.name, ref.tag)) {
+    fail(ErrorCode::conflict, "model ", target, " already exists; remove it first (gptqctl rm ", target,
+         ") or choose another name with --name");
+  }
+  if (!d.pulls_in_flight().insert(target).second) fail(ErrorCode::conflict, "model ", target, " is already being pulled");
+  struct InFlight {
+    Daemon& d;
+    std::string target;
+    ~InFlight() { d.pulls_in_flight().erase(target); }
+  } in_flight{d, target};
+
+  const std::string source_kind = pre.format == engine::ModelFormat::gguf ? "gguf-file" : "hf-folder";
+  const int64_t job_id = d.registry().add_job("pull", target, json{{"source", source.string()}}.dump());
+  log_info("pull ", source.string(), " -> ", target, " (job ", job_id, ", ", pre.files.size(), " file(s), ",
+           pre.size_bytes, " bytes)");
+
+  auto exec = co_await asio::this_coro::executor;
+  auto events = std::make_shared<AsyncQueue<json>>(exec);
+  auto cancel = std::make_shared<std::atomic<bool>>(false);
+  auto outcome = std::make_shared<ImportOutcome>();
+  d.track(cancel);
+  BlobStore& store = d.blobs();
+  asio::post(d.pool(), [pre, &store, events, cancel, outcome, exec] {
+    auto progress = [events, exec](json ev) { asio::post(exec, [events, ev = std::move(ev)]() mutable { events->push(std::move(ev)); }); };
+    *outcome = import_model(pre, store, progress, *cancel);
+    asio::post(exec, [events] { events->close(); });
+  });
+
+  if (r.stream) {
+    json first = {{"event", "progress"},
+                  {"status", "pulling " + target},
+                  {"model", target},
+                  {"total", pre.size_bytes},
+                  {"n_files", pre.files.size()}};
+    co_await w.begin_stream(protocol::kNdjsonType);
+    co_await w.write_chunk(first.dump() + "\n");
+  }
+  while (auto ev = co_await events->pop()) {
+    // A client that hangs up cancels its pull, as with Ollama.
+    if (r.stream && !co_await w.write_chunk(ev->dump() + "\n")) cancel->store(true);
+  }
+  d.untrack(cancel);
+
+  // Back on the io thread with the worker done: commit, or clean up.
+  std::string error;
+  ErrorCode error_code = ErrorCode::internal;
+  bool committed = false;
+  if (outcome->error) {
+    try {
+      std::rethrow_exception(outcome->error);
+    } catch (const Error& e) {
+      error = e.what(), error_code = e.code();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  } else {
+    const engine::ModelInfo& info = outcome->info;
+    RegistryTag t;
+    t.name = ref.name;
+    t.tag = ref.tag;
+    t.format = engine::to_string(info.format);
+    t.architecture = info.config.architecture;
+    t.n_params = info.n_params;
+    t.dtype = info.dtype;
+    t.source_kind = source_kind;
+    t.source = source.string();
+    t.config_json = info.config.to_json().dump();
+    t.size_bytes = info.size_bytes;
+    std::vector<protocol::FileEntry> manifest;
+    for (const auto& s : outcome->staged) {
+      t.files.push_back(RegistryFile{s.name, s.digest, s.size_bytes});
+      manifest.push_back(protocol::FileEntry{s.name, s.digest, s.size_bytes});
+    }
+    t.digest = sha256_digest(protocol::manifest_text(manifest));
+    try {
+      d.registry().add(t);
+      committed = true;
+    } catch (const Error& e) {
+      error = e.what(), error_code = e.code();
+    }
+  }
+  release_import(d, *outcome, committed);
+  d.registry().finish_job(job_id, committed ? "done" : (error_code == ErrorCode::cancelled ? "cancelled" : "failed"), error);
+
+  if (committed) {
+    log_info("pulled ", target, " (job ", job_id, ")");
+    json done = {{"event", "done"},          {"status", "success"},          {"model", target},
+                 {"n_params", outcome->info.n_params}, {"dtype", outcome->info.dtype}, {"size", outcome->info.size_bytes},
+                 {"architecture", outcome->info.config.architecture}};
+    if (r.stream) {
+      co_await w.write_chunk(done.dump() + "\n");
+      co_await w.end_stream();
+    } else {
+      co_await w.send_json(http::status::ok, done);
+    }
+  } else {
+    log_warn("pull of ", target, " failed (job ", job_id, "): ", error);
+    if (r.stream) {
+      json last = {{"event", "error"}, {"error", error}};
+      co_await w.write_chunk(last.dump() + "\n");
+      co_await w.end_stream();
+    } else {
+      co_await w.send_error(status_for(error_code), error);
+    }
+  }
+}
+
+// ---- the table ---------------------------------------------------------------------------------
+
+using HandlerFn = awaitable<void> (*)(Daemon&, Request&, ResponseWriter&);
+
+struct Route {
+  http::verb method;
+  std::string_view path;
+  bool admin;  // changes the registry: root, the daemon's user or the admin group only
+  HandlerFn fn;
+};
+
+constexpr Route kRoutes[] = {
+    {http::verb::get, "/", false, handle_root},
+    {http::verb::head, "/", false, handle_root},
+    {http::verb::get, "/api/version", false, handle_version},
+    {http::verb::get, "/api/health", false, handle_health},
+    {http::verb::get, "/api/tags", false, handle_tags},
+    {http::verb::post, "/api/show", false, handle_show},
+    {http::verb::delete_, "/api/delete", true, handle_delete},
+    {http::verb::post, "/api/pull", true, handle_pull},
+};
+
+awaitable<void> dispatch(Daemon& d, Request& req, ResponseWriter& w) {
+  const Route* route = nullptr;
+  std::string allow;
+  for (const Route& r : kRoutes) {
+    if (r.path != req.path) continue;
+    allow += (allow.empty() ? "" : ", ") + std::string(http::to_string(r.method));
+    if (r.method == req.method) route = &r;
+  }
+  if (!route) {
+    if (allow.empty()) {
+      co_await w.send_error(http::status::not_found, "no such endpoint: " + req.method_name + " " + req.path);
+    } else {
+      json body = {{"error", req.method_name + " is not allowed on " + req.path + " (allowed: " + allow + ")"}};
+      co_await w.send(http::status::method_not_allowed, body.dump() + "\n", "application/json", allow);
+    }
+    co_return;
+  }
+  std::string error;
+  http::status status = http::status::internal_server_error;
+  try {
+    if (route->admin && !d.is_admin(req.peer)) {
+      fail(ErrorCode::permission_denied, req.method_name, " ", req.path, " changes the model registry; uid ", req.peer.uid,
+           " may not do that (allowed: root, the daemon's user, group ", d.config().admin_group, ")");
+    }
+    co_await route->fn(d, req, w);
+    co_return;
+  } catch (const Error& e) {
+    error = e.what();
+    status = status_for(e.code());
+  } catch (const std::exception& e) {
+    error = std::string("internal error: ") + e.what();
+    log_error(req.method_name, " ", req.path, ": ", e.what());
+  }
+  if (!w.started()) {
+    co_await w.send_error(status, error);
+  } else {
+    // The stream already began: the error becomes its last event.
+    json last = {{"event", "error"}, {"error", error}};
+    co_await w.write_chunk(last.dump() + "\n");
+    co_await w.end_stream();
+  }
+}
+
+}  // namespace
+
+Dispatcher make_dispatcher(Daemon& daemon) {
+  return [&daemon](Request& req, ResponseWriter& w) { return dispatch(daemon, req, w); };
+}
+
+}  // namespace gptqd::daemon

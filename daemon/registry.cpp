@@ -1,2 +1,389 @@
 // SPDX-License-Identifier: Apache-2.0
-// (placeholder: being written)
+// SQLite registry: schema, migrations and queries (daemon layer).
+#include "daemon/registry.h"
+
+#include <sqlite3.h>
+
+#include <ctime>
+
+#include "engine/error.h"
+
+namespace gptqd::daemon {
+namespace {
+
+// Each entry migrates from version i to i + 1, inside one transaction.
+const char* const kMigrations[] = {
+    R"sql(
+CREATE TABLE models (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL UNIQUE,
+  created_at  INTEGER NOT NULL
+);
+CREATE TABLE tags (
+  id            INTEGER PRIMARY KEY,
+  model_id      INTEGER NOT NULL REFERENCES models(id) ON DELETE CASCADE,
+  tag           TEXT NOT NULL,
+  is_default    INTEGER NOT NULL DEFAULT 0,
+  format        TEXT NOT NULL,
+  architecture  TEXT NOT NULL,
+  n_params      INTEGER NOT NULL,
+  dtype         TEXT NOT NULL,
+  source_kind   TEXT NOT NULL,
+  source        TEXT NOT NULL,
+  config_json   TEXT NOT NULL,
+  size_bytes    INTEGER NOT NULL,
+  digest        TEXT NOT NULL,
+  created_at    INTEGER NOT NULL,
+  UNIQUE (model_id, tag)
+);
+CREATE TABLE blobs (
+  digest      TEXT PRIMARY KEY,
+  size_bytes  INTEGER NOT NULL,
+  created_at  INTEGER NOT NULL
+);
+CREATE TABLE files (
+  tag_id     INTEGER NOT NULL REFERENCES tags(id) ON DELETE CASCADE,
+  name       TEXT NOT NULL,
+  digest     TEXT NOT NULL REFERENCES blobs(digest),
+  PRIMARY KEY (tag_id, name)
+);
+CREATE INDEX files_by_digest ON files(digest);
+CREATE TABLE jobs (
+  id           INTEGER PRIMARY KEY,
+  kind         TEXT NOT NULL,
+  state        TEXT NOT NULL,
+  target       TEXT NOT NULL,
+  params_json  TEXT NOT NULL,
+  error        TEXT NOT NULL DEFAULT '',
+  created_at   INTEGER NOT NULL,
+  updated_at   INTEGER NOT NULL
+);
+)sql",
+};
+constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
+static_assert(kNumMigrations == Registry::kSchemaVersion);
+
+int64_t now_s() { return static_cast<int64_t>(std::time(nullptr)); }
+
+}  // namespace
+
+// One prepared statement with bound parameters; finalized when it goes out of scope.
+class Registry::Stmt {
+ public:
+  Stmt(sqlite3* db, const char* sql) : db_(db) {
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt_, nullptr) != SQLITE_OK) {
+      fail(ErrorCode::internal, "registry: cannot prepare statement: ", sqlite3_errmsg(db));
+    }
+  }
+  ~Stmt() { sqlite3_finalize(stmt_); }
+  Stmt(const Stmt&) = delete;
+  Stmt& operator=(const Stmt&) = delete;
+
+  Stmt& reset() {
+    sqlite3_reset(stmt_);
+    sqlite3_clear_bindings(stmt_);
+    return *this;
+  }
+  Stmt& bind(int i, int64_t v) {
+    check(sqlite3_bind_int64(stmt_, i, v));
+    return *this;
+  }
+  Stmt& bind(int i, const std::string& v) {
+    check(sqlite3_bind_text(stmt_, i, v.data(), static_cast<int>(v.size()), SQLITE_TRANSIENT));
+    return *this;
+  }
+  // True while a row is available; false when done. Errors throw.
+  bool step() {
+    int rc = sqlite3_step(stmt_);
+    if (rc == SQLITE_ROW) return true;
+    if (rc == SQLITE_DONE) return false;
+    check(rc);
+    return false;
+  }
+  void run() {
+    while (step()) {
+    }
+  }
+  int64_t i64(int col) { return sqlite3_column_int64(stmt_, col); }
+  std::string text(int col) {
+    const unsigned char* p = sqlite3_column_text(stmt_, col);
+    return p ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(sqlite3_column_bytes(stmt_, col)))
+             : std::string();
+  }
+
+ private:
+  void check(int rc) {
+    if (rc == SQLITE_OK || rc == SQLITE_ROW || rc == SQLITE_DONE) return;
+    ErrorCode code = (rc == SQLITE_FULL) ? ErrorCode::no_space
+                     : (rc == SQLITE_CONSTRAINT) ? ErrorCode::conflict
+                                                 : ErrorCode::io;
+    std::string msg = sqlite3_errmsg(db_);
+    sqlite3_reset(stmt_);
+    fail(code, "registry: ", msg);
+  }
+  sqlite3* db_;
+  sqlite3_stmt* stmt_ = nullptr;
+};
+
+namespace {
+// Commits on success, rolls back on an exception.
+class Transaction {
+ public:
+  explicit Transaction(sqlite3* db) : db_(db) { exec("BEGIN IMMEDIATE"); }
+  ~Transaction() {
+    if (!done_) sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr);
+  }
+  void commit() {
+    exec("COMMIT");
+    done_ = true;
+  }
+
+ private:
+  void exec(const char* sql) {
+    char* err = nullptr;
+    int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+    if (rc != SQLITE_OK) {
+      std::string msg = err ? err : "unknown error";
+      sqlite3_free(err);
+      fail(rc == SQLITE_FULL ? ErrorCode::no_space : ErrorCode::io, "registry: ", sql, " failed: ", msg);
+    }
+  }
+  sqlite3* db_;
+  bool done_ = false;
+};
+}  // namespace
+
+std::unique_ptr<Registry> Registry::open(const std::filesystem::path& db_path) {
+  sqlite3* db = nullptr;
+  int rc = sqlite3_open_v2(db_path.c_str(), &db,
+                           SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE,
+                           nullptr);
+  if (rc != SQLITE_OK) {
+    std::string msg = db ? sqlite3_errmsg(db) : "out of memory";
+    sqlite3_close(db);
+    fail(ErrorCode::io, "cannot open the registry ", db_path.string(), ": ", msg);
+  }
+  std::unique_ptr<Registry> reg(new Registry(db));
+  sqlite3_extended_result_codes(db, 0);
+  try {
+    reg->exec("PRAGMA busy_timeout = 5000");
+    reg->exec("PRAGMA journal_mode = WAL");
+    reg->exec("PRAGMA synchronous = FULL");
+    reg->exec("PRAGMA foreign_keys = ON");
+    Stmt check(db, "PRAGMA quick_check");
+    if (check.step() && check.text(0) != "ok") {
+      fail(ErrorCode::io, "the registry ", db_path.string(), " is damaged (", check.text(0),
+           "); gptqd will not modify it — restore it from a backup or move it aside");
+    }
+    reg->migrate();
+  } catch (const Error& e) {
+    throw Error(e.code(), cat(e.what(), " [", db_path.string(), "]"));
+  }
+  return reg;
+}
+
+Registry::~Registry() { sqlite3_close(db_); }
+
+void Registry::exec(const char* sql) {
+  char* err = nullptr;
+  int rc = sqlite3_exec(db_, sql, nullptr, nullptr, &err);
+  if (rc != SQLITE_OK) {
+    std::string msg = err ? err : sqlite3_errstr(rc);
+    sqlite3_free(err);
+    fail(rc == SQLITE_FULL ? ErrorCode::no_space : ErrorCode::io, "registry: ", msg);
+  }
+}
+
+int Registry::schema_version() {
+  Stmt s(db_, "PRAGMA user_version");
+  return s.step() ? static_cast<int>(s.i64(0)) : 0;
+}
+
+void Registry::migrate() {
+  int version = schema_version();
+  if (version > kSchemaVersion) {
+    fail(ErrorCode::io, "registry schema version ", version, " is newer than this gptqd understands (",
+         kSchemaVersion, "); upgrade gptqd");
+  }
+  for (; version < kSchemaVersion; ++version) {
+    Transaction tx(db_);
+    exec(kMigrations[version]);
+    exec(cat("PRAGMA user_version = ", version + 1).c_str());
+    tx.commit();
+  }
+}
+
+RegistryTag Registry::read_tag_row(Stmt& s) {
+  RegistryTag t;
+  t.id = s.i64(0);
+  t.name = s.text(1);
+  t.tag = s.text(2);
+  t.is_default = s.i64(3) != 0;
+  t.format = s.text(4);
+  t.architecture = s.text(5);
+  t.n_params = static_cast<uint64_t>(s.i64(6));
+  t.dtype = s.text(7);
+  t.source_kind = s.text(8);
+  t.source = s.text(9);
+  t.config_json = s.text(10);
+  t.size_bytes = static_cast<uint64_t>(s.i64(11));
+  t.digest = s.text(12);
+  t.created_at = s.i64(13);
+  return t;
+}
+
+#define GPTQD_TAG_COLUMNS                                                                           \
+  "t.id, m.name, t.tag, t.is_default, t.format, t.architecture, t.n_params, t.dtype, t.source_kind, " \
+  "t.source, t.config_json, t.size_bytes, t.digest, t.created_at"
+
+std::vector<RegistryFile> Registry::files_of(int64_t tag_id) {
+  Stmt s(db_, "SELECT f.name, f.digest, b.size_bytes FROM files f JOIN blobs b ON b.digest = f.digest "
+                    "WHERE f.tag_id = ? ORDER BY f.name");
+  s.bind(1, tag_id);
+  std::vector<RegistryFile> files;
+  while (s.step()) files.push_back(RegistryFile{s.text(0), s.text(1), static_cast<uint64_t>(s.i64(2))});
+  return files;
+}
+
+std::vector<RegistryTag> Registry::list() {
+  std::vector<RegistryTag> tags;
+  {
+    Stmt s(db_, "SELECT " GPTQD_TAG_COLUMNS " FROM tags t JOIN models m ON m.id = t.model_id "
+                      "ORDER BY m.name, t.tag");
+    while (s.step()) tags.push_back(read_tag_row(s));
+  }
+  for (auto& t : tags) t.files = files_of(t.id);
+  return tags;
+}
+
+std::optional<RegistryTag> Registry::find(const std::string& name, const std::string& tag) {
+  std::optional<RegistryTag> found;
+  if (tag.empty()) {
+    Stmt s(db_, "SELECT " GPTQD_TAG_COLUMNS " FROM tags t JOIN models m ON m.id = t.model_id "
+                      "WHERE m.name = ? AND t.is_default = 1");
+    s.bind(1, name);
+    if (s.step()) found = read_tag_row(s);
+  } else {
+    Stmt s(db_, "SELECT " GPTQD_TAG_COLUMNS " FROM tags t JOIN models m ON m.id = t.model_id "
+                      "WHERE m.name = ? AND t.tag = ?");
+    s.bind(1, name).bind(2, tag);
+    if (s.step()) found = read_tag_row(s);
+  }
+  if (found) found->files = files_of(found->id);
+  return found;
+}
+
+void Registry::add(const RegistryTag& t) {
+  Transaction tx(db_);
+  const int64_t now = t.created_at ? t.created_at : now_s();
+  Stmt(db_, "INSERT OR IGNORE INTO models(name, created_at) VALUES (?, ?)").bind(1, t.name).bind(2, now).run();
+  int64_t model_id = 0;
+  {
+    Stmt s(db_, "SELECT id FROM models WHERE name = ?");
+    s.bind(1, t.name);
+    if (!s.step()) fail(ErrorCode::internal, "registry: model row vanished");
+    model_id = s.i64(0);
+  }
+  {
+    Stmt s(db_, "SELECT 1 FROM tags WHERE model_id = ? AND tag = ?");
+    s.bind(1, model_id).bind(2, t.tag);
+    if (s.step()) fail(ErrorCode::conflict, "model ", t.name, ":", t.tag, " already exists");
+  }
+  bool first = false;
+  {
+    Stmt s(db_, "SELECT COUNT(*) FROM tags WHERE model_id = ?");
+    s.bind(1, model_id);
+    first = s.step() && s.i64(0) == 0;
+  }
+  Stmt(db_, "INSERT INTO tags(model_id, tag, is_default, format, architecture, n_params, dtype, source_kind, "
+          "source, config_json, size_bytes, digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+      .bind(1, model_id).bind(2, t.tag).bind(3, int64_t{first ? 1 : 0}).bind(4, t.format).bind(5, t.architecture)
+      .bind(6, static_cast<int64_t>(t.n_params)).bind(7, t.dtype).bind(8, t.source_kind).bind(9, t.source)
+      .bind(10, t.config_json).bind(11, static_cast<int64_t>(t.size_bytes)).bind(12, t.digest).bind(13, now)
+      .run();
+  const int64_t tag_id = sqlite3_last_insert_rowid(db_);
+  for (const auto& f : t.files) {
+    Stmt(db_, "INSERT OR IGNORE INTO blobs(digest, size_bytes, created_at) VALUES (?, ?, ?)")
+        .bind(1, f.digest).bind(2, static_cast<int64_t>(f.size_bytes)).bind(3, now).run();
+    Stmt(db_, "INSERT INTO files(tag_id, name, digest) VALUES (?, ?, ?)").bind(1, tag_id).bind(2, f.name)
+        .bind(3, f.digest).run();
+  }
+  tx.commit();
+}
+
+std::vector<std::string> Registry::remove(const std::string& name, const std::string& tag) {
+  Transaction tx(db_);
+  std::optional<RegistryTag> t = find(name, tag);
+  if (!t) {
+    fail(ErrorCode::not_found, "model ", tag.empty() ? name : name + ":" + tag, " not found");
+  }
+  std::vector<std::string> candidates;
+  for (const auto& f : t->files) candidates.push_back(f.digest);
+  Stmt(db_, "DELETE FROM tags WHERE id = ?").bind(1, t->id).run();
+  int64_t model_id = 0;
+  {
+    Stmt s(db_, "SELECT id FROM models WHERE name = ?");
+    s.bind(1, name);
+    if (s.step()) model_id = s.i64(0);
+  }
+  int64_t remaining = 0;
+  {
+    Stmt s(db_, "SELECT COUNT(*) FROM tags WHERE model_id = ?");
+    s.bind(1, model_id);
+    if (s.step()) remaining = s.i64(0);
+  }
+  if (remaining == 0) {
+    Stmt(db_, "DELETE FROM models WHERE id = ?").bind(1, model_id).run();
+  } else if (t->is_default) {
+    Stmt(db_, "UPDATE tags SET is_default = 1 WHERE id = (SELECT id FROM tags WHERE model_id = ? "
+            "ORDER BY created_at, id LIMIT 1)")
+        .bind(1, model_id).run();
+  }
+  std::vector<std::string> unreferenced;
+  for (const auto& digest : candidates) {
+    Stmt s(db_, "SELECT 1 FROM files WHERE digest = ? LIMIT 1");
+    s.bind(1, digest);
+    if (!s.step()) {
+      Stmt(db_, "DELETE FROM blobs WHERE digest = ?").bind(1, digest).run();
+      unreferenced.push_back(digest);
+    }
+  }
+  tx.commit();
+  return unreferenced;
+}
+
+std::set<std::string> Registry::blob_digests() {
+  std::set<std::string> out;
+  Stmt s(db_, "SELECT digest FROM blobs");
+  while (s.step()) out.insert(s.text(0));
+  return out;
+}
+
+int64_t Registry::add_job(const std::string& kind, const std::string& target, const std::string& params_json) {
+  const int64_t now = now_s();
+  Stmt(db_, "INSERT INTO jobs(kind, state, target, params_json, created_at, updated_at) VALUES (?, 'running', ?, ?, ?, ?)")
+      .bind(1, kind).bind(2, target).bind(3, params_json).bind(4, now).bind(5, now).run();
+  return sqlite3_last_insert_rowid(db_);
+}
+
+void Registry::finish_job(int64_t id, const std::string& state, const std::string& error) {
+  Stmt(db_, "UPDATE jobs SET state = ?, error = ?, updated_at = ? WHERE id = ?")
+      .bind(1, state).bind(2, error).bind(3, now_s()).bind(4, id).run();
+}
+
+int Registry::fail_running_jobs(const std::string& reason) {
+  Stmt(db_, "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE state = 'running'")
+      .bind(1, reason).bind(2, now_s()).run();
+  return sqlite3_changes(db_);
+}
+
+std::vector<RegistryJob> Registry::jobs() {
+  std::vector<RegistryJob> out;
+  Stmt s(db_, "SELECT id, kind, state, target, params_json, error, created_at, updated_at FROM jobs ORDER BY id");
+  while (s.step()) {
+    out.push_back(RegistryJob{s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4), s.text(5), s.i64(6), s.i64(7)});
+  }
+  return out;
+}
+
+}  // namespace gptqd::daemon

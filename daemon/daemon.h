@@ -1,0 +1,72 @@
+// SPDX-License-Identifier: Apache-2.0
+// Daemon: the state gptqd owns and its life cycle — state directory lock, registry, blob store,
+// worker pool, HTTP server, signals (daemon layer). All members are touched only on the
+// io_context thread, except the thread pool's own work.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <functional>
+#include <memory>
+#include <set>
+#include <string>
+
+#include "daemon/blob_store.h"
+#include "daemon/daemon_config.h"
+#include "daemon/http_server.h"
+#include "daemon/registry.h"
+
+namespace gptqd::daemon {
+
+class Daemon {
+ public:
+  explicit Daemon(DaemonConfig cfg);
+  ~Daemon();
+
+  // Opens the state (lock, registry, start-up sweep), binds the socket, calls `on_ready` and
+  // serves until SIGTERM/SIGINT. Returns the process exit code. Start-up failures throw.
+  int run(const std::function<void()>& on_ready);
+
+  const DaemonConfig& config() const { return cfg_; }
+  asio::io_context& io() { return io_; }
+  asio::thread_pool& pool() { return pool_; }
+  Registry& registry() { return *registry_; }
+  BlobStore& blobs() { return *blobs_; }
+  int64_t started_at() const { return started_at_; }
+  bool stopping() const { return stopping_; }
+
+  // Work that must stop at shutdown registers its cancel flag here (io thread only).
+  void track(const std::shared_ptr<std::atomic<bool>>& cancel) { cancels_.insert(cancel); }
+  void untrack(const std::shared_ptr<std::atomic<bool>>& cancel) { cancels_.erase(cancel); }
+  // NAME:TAG refs with a pull in flight (io thread only).
+  std::set<std::string>& pulls_in_flight() { return pulls_in_flight_; }
+
+  // True when `peer` may change the registry: root, the daemon's own user, or a member of
+  // cfg.admin_group.
+  bool is_admin(const PeerCred& peer) const;
+
+ private:
+  void open_state();
+  void begin_shutdown(const char* why);
+  void poll_shutdown(std::chrono::steady_clock::time_point deadline, bool forced);
+
+  DaemonConfig cfg_;
+  asio::io_context io_{1};
+  asio::thread_pool pool_;
+  int lock_fd_ = -1;
+  std::unique_ptr<Registry> registry_;
+  std::unique_ptr<BlobStore> blobs_;
+  std::unique_ptr<HttpServer> server_;
+  std::unique_ptr<asio::signal_set> signals_;
+  std::unique_ptr<asio::steady_timer> grace_timer_;
+  std::set<std::shared_ptr<std::atomic<bool>>> cancels_;
+  std::set<std::string> pulls_in_flight_;
+  int64_t started_at_ = 0;
+  bool stopping_ = false;
+};
+
+}  // namespace gptqd::daemon

@@ -1,0 +1,117 @@
+// SPDX-License-Identifier: Apache-2.0
+// HttpServer: HTTP/1.1 on a Unix stream socket with Boost.Beast (daemon layer). One coroutine per
+// connection reads a request, hands it to the dispatcher and writes the answer, full or
+// streamed (chunked). Limits: header and body size, idle and write timeouts, connection count.
+#pragma once
+
+#include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
+
+#include <sys/types.h>
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/beast/core/basic_stream.hpp>
+#include <boost/beast/http.hpp>
+#include <functional>
+#include <list>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "daemon/daemon_config.h"
+
+namespace gptqd::daemon {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+using Stream = beast::basic_stream<asio::local::stream_protocol>;
+
+// Who is on the other end of the socket (SO_PEERCRED).
+struct PeerCred {
+  pid_t pid = 0;
+  uid_t uid = static_cast<uid_t>(-1);
+  gid_t gid = static_cast<gid_t>(-1);
+};
+
+struct Request {
+  http::verb method = http::verb::unknown;
+  std::string method_name;   // "GET"
+  std::string path;          // target without the query
+  std::string query;         // after '?', undecoded
+  std::string body;
+  PeerCred peer;
+};
+
+// Writes the one response of a request: either send()/send_json()/send_error() once, or
+// begin_stream(), then write_chunk()s, then end_stream().
+class ResponseWriter {
+ public:
+  ResponseWriter(Stream& stream, unsigned version, bool keep_alive, const DaemonConfig& cfg)
+      : stream_(stream), version_(version), keep_alive_(keep_alive), cfg_(cfg) {}
+
+  asio::awaitable<void> send(http::status status, std::string body, std::string_view content_type,
+                             std::string_view allow = {});
+  asio::awaitable<void> send_json(http::status status, const nlohmann::json& body);
+  asio::awaitable<void> send_error(http::status status, const std::string& message);
+
+  // 200 with Transfer-Encoding: chunked. False when the client is already gone.
+  asio::awaitable<bool> begin_stream(std::string_view content_type);
+  // One chunk; false when the client is gone or stopped reading for write_timeout_ms.
+  asio::awaitable<bool> write_chunk(std::string data);
+  asio::awaitable<void> end_stream();
+
+  bool started() const { return started_; }
+  bool client_gone() const { return client_gone_; }
+  bool keep_alive() const { return keep_alive_ && !client_gone_; }
+
+ private:
+  Stream& stream_;
+  unsigned version_;
+  bool keep_alive_;
+  const DaemonConfig& cfg_;
+  bool started_ = false;
+  bool streaming_ = false;
+  bool client_gone_ = false;
+};
+
+using Dispatcher = std::function<asio::awaitable<void>(Request&, ResponseWriter&)>;
+
+class HttpServer {
+ public:
+  HttpServer(asio::io_context& io, const DaemonConfig& cfg, Dispatcher dispatch);
+  ~HttpServer();
+
+  // Binds the socket: a stale file from a dead daemon is replaced, a live listener is an error
+  // ("another gptqd is listening"); the file gets cfg.socket_mode before any client can connect.
+  void listen();
+  // Starts accepting (a coroutine on the io_context).
+  void start();
+  // Stops accepting, removes the socket file and closes connections that wait for a request.
+  // Connections busy with a request finish it.
+  void stop();
+  // Closes every connection, busy ones too (end of the shutdown grace period).
+  void close_all();
+  size_t n_connections() const { return connections_.size(); }
+
+ private:
+  struct Connection {
+    Stream* stream = nullptr;
+    bool busy = false;
+  };
+  asio::awaitable<void> accept_loop();
+  asio::awaitable<void> serve(Stream stream, PeerCred peer);
+  asio::awaitable<void> refuse_busy(Stream stream);
+
+  asio::io_context& io_;
+  const DaemonConfig& cfg_;
+  Dispatcher dispatch_;
+  std::unique_ptr<asio::local::stream_protocol::acceptor> acceptor_;
+  std::list<Connection> connections_;
+  bool stopping_ = false;
+  bool own_socket_file_ = false;
+};
+
+}  // namespace gptqd::daemon

@@ -1,0 +1,112 @@
+// SPDX-License-Identifier: Apache-2.0
+// The whole socket API in one place: every request and event struct with its JSON mapping,
+// model-name rules and the default socket path (daemon layer; gptqctl links only this).
+//
+// Transport: HTTP/1.1 over a Unix stream socket. Errors are `{"error": "..."}` with a 4xx/5xx
+// status. Long operations stream NDJSON events (application/x-ndjson), one JSON object per line:
+//   {"event":"progress","status":"copying model.safetensors","digest":"sha256:..","total":N,"completed":M}
+//   {"event":"done","status":"success","model":"smollm2-135m-instruct:q4_1"}
+//   {"event":"error","error":"..."}
+// ("status"/"digest"/"total"/"completed" and "error" are the fields Ollama's clients read.)
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace gptqd::protocol {
+
+inline constexpr std::string_view kNdjsonType = "application/x-ndjson";
+inline constexpr std::string_view kJsonType = "application/json";
+
+// ---- names -----------------------------------------------------------------------------------
+// A model reference is NAME[:TAG]. NAME: 1-96 characters of [a-z0-9._-] (upper case is folded
+// to lower case), starting and ending with a letter or digit, with no "--" or ".." (Hub rules).
+// TAG: 1-64 characters of the same set. An empty tag means the model's default tag (the variant
+// as it was pulled).
+struct ModelRef {
+  std::string name;
+  std::string tag;  // empty = default
+  std::string str() const { return tag.empty() ? name : name + ":" + tag; }
+};
+
+// Parses and validates `text`; on failure returns nullopt and sets `why` to a one-line reason.
+std::optional<ModelRef> parse_model_ref(std::string_view text, std::string* why);
+bool is_valid_name(std::string_view name, std::string* why = nullptr);
+bool is_valid_tag(std::string_view tag, std::string* why = nullptr);
+
+// $GPTQD_SOCKET is gptqctl's override; the daemon's default is
+// $RUNTIME_DIRECTORY/gptqd.sock (systemd), else $XDG_RUNTIME_DIR/gptqd.sock, else
+// /tmp/gptqd-<uid>/gptqd.sock. Both binaries use this one function.
+std::filesystem::path default_socket_path();
+
+// "135M", "1.1B", "6.74B": the parameter_size style of Ollama's /api/tags.
+std::string format_param_count(uint64_t n_params);
+
+// ---- requests --------------------------------------------------------------------------------
+// Request parsers throw RequestError naming the field (the daemon answers 400 with it).
+struct RequestError : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+// POST /api/pull. "model" is the source (Ollama's field name): an absolute path to a .gguf file
+// or to a Hugging Face-format folder (gptqctl makes relative paths absolute), or org/repo[@rev]
+// (the Hub; not yet). "name" overrides the registered NAME[:TAG].
+struct PullRequest {
+  std::string source;
+  std::string name;      // optional NAME or NAME:TAG
+  std::string revision;  // optional, Hub only
+  bool stream = true;
+  static PullRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// POST /api/show and DELETE /api/delete: {"model": "NAME[:TAG]"} (Ollama also sends "name").
+struct ModelRequest {
+  std::string model;
+  static ModelRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// ---- responses -------------------------------------------------------------------------------
+struct FileEntry {
+  std::string name;       // file name inside the model folder
+  std::string digest;     // "sha256:<hex>"
+  uint64_t size_bytes = 0;
+};
+
+// One name:tag of the registry, as /api/tags lists it and /api/show details it.
+struct ModelEntry {
+  std::string name;
+  std::string tag;
+  bool is_default = false;       // NAME without a tag means this one
+  std::string format;            // "gguf" | "safetensors"
+  std::string architecture;      // "llama" | "mistral" | "qwen2"
+  uint64_t n_params = 0;
+  std::string dtype;             // "Q4_1", "F16", "GPTQ-4bit-g128", ...
+  uint64_t size_bytes = 0;       // sum of the file sizes
+  std::string source;            // what was pulled: path or org/repo@rev
+  std::string source_kind;       // "gguf-file" | "hf-folder" | "hf-hub" | "quantized"
+  std::string digest;            // "sha256:<hex>" of the manifest (file name -> digest)
+  int64_t created_at = 0;        // unix seconds
+  nlohmann::json config;         // ModelConfig::to_json() (show only)
+  std::vector<FileEntry> files;  // (show only)
+
+  std::string ref() const { return name + ":" + tag; }
+  // Ollama-compatible fields (name, model, size, digest, modified_at, details{...}) plus ours.
+  nlohmann::json to_json(bool detailed) const;
+  static ModelEntry from_json(const nlohmann::json& j);
+};
+
+// The text a manifest digest is taken over: "name digest size\n" lines sorted by name. The
+// daemon stores sha256(manifest_text) as the model's digest.
+std::string manifest_text(const std::vector<FileEntry>& files);
+
+std::string rfc3339_utc(int64_t unix_seconds);
+
+}  // namespace gptqd::protocol

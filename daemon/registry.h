@@ -1,0 +1,102 @@
+// SPDX-License-Identifier: Apache-2.0
+// Registry: the SQLite database of models, tags, files (name -> blob digest), blobs and jobs
+// (daemon layer). WAL, foreign keys, a versioned schema with migrations, prepared statements
+// only. Used from the io thread alone, so it needs no locks.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+struct sqlite3;
+struct sqlite3_stmt;
+
+namespace gptqd::daemon {
+
+struct RegistryFile {
+  std::string name;        // file name inside the model folder
+  std::string digest;      // "sha256:<hex>"
+  uint64_t size_bytes = 0;
+};
+
+// One name:tag with its manifest.
+struct RegistryTag {
+  int64_t id = 0;
+  std::string name;
+  std::string tag;
+  bool is_default = false;
+  std::string format;        // "gguf" | "safetensors"
+  std::string architecture;
+  uint64_t n_params = 0;
+  std::string dtype;
+  std::string source_kind;   // "gguf-file" | "hf-folder" | "hf-hub" | "quantized"
+  std::string source;
+  std::string config_json;   // ModelConfig::to_json() text
+  uint64_t size_bytes = 0;
+  std::string digest;        // manifest digest
+  int64_t created_at = 0;
+  std::vector<RegistryFile> files;  // sorted by name
+};
+
+struct RegistryJob {
+  int64_t id = 0;
+  std::string kind;          // "pull", later "quantize", "eval"
+  std::string state;         // "running" | "done" | "failed" | "cancelled"
+  std::string target;        // NAME:TAG the job produces
+  std::string params_json;
+  std::string error;
+  int64_t created_at = 0;
+  int64_t updated_at = 0;
+};
+
+class Registry {
+ public:
+  static constexpr int kSchemaVersion = 1;
+
+  // Opens (creating if needed) and migrates the database. Refuses, with Error(io), a database
+  // from a newer gptqd or one that fails its integrity check; never recreates or deletes it.
+  static std::unique_ptr<Registry> open(const std::filesystem::path& db_path);
+  ~Registry();
+  Registry(const Registry&) = delete;
+  Registry& operator=(const Registry&) = delete;
+
+  int schema_version();
+
+  std::vector<RegistryTag> list();
+  // `tag` empty: the name's default tag.
+  std::optional<RegistryTag> find(const std::string& name, const std::string& tag);
+
+  // Adds name:tag and its files in one transaction, inserting blob rows that are new. The first
+  // tag of a name becomes its default. Error(conflict) when name:tag exists.
+  void add(const RegistryTag& t);
+
+  // Removes name:tag in one transaction. When it was the default, the oldest remaining tag
+  // becomes the default; the name goes when its last tag does. Returns the digests no tag
+  // references any more (their blob rows are deleted in the same transaction).
+  std::vector<std::string> remove(const std::string& name, const std::string& tag);
+
+  std::set<std::string> blob_digests();
+
+  int64_t add_job(const std::string& kind, const std::string& target, const std::string& params_json);
+  void finish_job(int64_t id, const std::string& state, const std::string& error);
+  // Jobs left "running" by a daemon that died: marked failed with `reason`. Returns how many.
+  int fail_running_jobs(const std::string& reason);
+  std::vector<RegistryJob> jobs();
+
+ private:
+  explicit Registry(sqlite3* db) : db_(db) {}
+  class Stmt;
+  void exec(const char* sql);
+  void migrate();
+  std::vector<RegistryFile> files_of(int64_t tag_id);
+  RegistryTag read_tag_row(Stmt& s);
+
+  sqlite3* db_;
+};
+
+}  // namespace gptqd::daemon
