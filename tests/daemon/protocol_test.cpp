@@ -1,0 +1,137 @@
+// SPDX-License-Identifier: Apache-2.0
+// Model-name rules, request parsing and response mapping of the socket API (daemon tests).
+#include "daemon/protocol.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+
+namespace gptqd::protocol {
+namespace {
+
+using nlohmann::json;
+
+TEST(ModelRef, AcceptsNamesAndTags) {
+  std::string why;
+  auto r = parse_model_ref("smollm2-135m-instruct", &why);
+  ASSERT_TRUE(r) << why;
+  EXPECT_EQ(r->name, "smollm2-135m-instruct");
+  EXPECT_EQ(r->tag, "");
+  r = parse_model_ref("Llama-3.2-1B:GPTQ-4b-g128", &why);
+  ASSERT_TRUE(r) << why;
+  EXPECT_EQ(r->name, "llama-3.2-1b");  // folded to lower case
+  EXPECT_EQ(r->tag, "gptq-4b-g128");
+  EXPECT_EQ(r->str(), "llama-3.2-1b:gptq-4b-g128");
+}
+
+// reliability.md B09/F05: everything that could become a path or a terminal escape is refused.
+TEST(ModelRef, RejectsUnsafeNames) {
+  const char* bad[] = {"",          "../../x", "/abs/x",  "a/b",        "-rf",      "x..y",    "x--y",
+                       "a b",       "a\nb",    "a\x1b[2Jb", ".hidden",  "trailing-", "a:",      "a:b:c",
+                       "a%2fb",     "a\\b",    "name;rm", "\xef\xbc\xa1", "a:../x"};
+  for (const char* text : bad) {
+    std::string why;
+    EXPECT_FALSE(parse_model_ref(text, &why)) << "accepted '" << text << "'";
+    EXPECT_FALSE(why.empty()) << text;
+  }
+  std::string why;
+  EXPECT_FALSE(parse_model_ref(std::string(97, 'a'), &why));
+  EXPECT_NE(why.find("longer than 96"), std::string::npos) << why;
+  EXPECT_TRUE(parse_model_ref(std::string(96, 'a'), &why));
+  EXPECT_FALSE(parse_model_ref("a:" + std::string(65, 'b'), &why));
+  std::string with_nul("ab\0cd", 5);
+  EXPECT_FALSE(parse_model_ref(with_nul, &why));
+}
+
+TEST(ParamCount, OllamaStyle) {
+  EXPECT_EQ(format_param_count(134515008), "135M");
+  EXPECT_EQ(format_param_count(1100048384), "1.1B");
+  EXPECT_EQ(format_param_count(6738415616), "6.74B");
+  EXPECT_EQ(format_param_count(7000000000), "7B");
+  EXPECT_EQ(format_param_count(70553706496), "70.6B");
+  EXPECT_EQ(format_param_count(260000), "260K");
+  EXPECT_EQ(format_param_count(12), "12");
+}
+
+TEST(PullRequest, FieldsAndTypeErrors) {
+  auto r = PullRequest::from_json(json{{"model", "/x/y.gguf"}, {"name", "a:b"}, {"stream", false}});
+  EXPECT_EQ(r.source, "/x/y.gguf");
+  EXPECT_EQ(r.name, "a:b");
+  EXPECT_FALSE(r.stream);
+  EXPECT_TRUE(PullRequest::from_json(json{{"model", "/x"}}).stream);  // default: stream
+  try {
+    PullRequest::from_json(json{{"model", 5}});
+    FAIL() << "a number as model was accepted";
+  } catch (const RequestError& e) {
+    EXPECT_NE(std::string(e.what()).find("\"model\" must be a string"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(PullRequest::from_json(json{{"model", "/x"}, {"stream", "yes"}}), RequestError);
+  EXPECT_THROW(PullRequest::from_json(json::object()), RequestError);
+  EXPECT_THROW(PullRequest::from_json(json::array()), RequestError);
+  // Round trip through the client's serializer.
+  auto again = PullRequest::from_json(r.to_json());
+  EXPECT_EQ(again.source, r.source);
+  EXPECT_EQ(again.name, r.name);
+  EXPECT_EQ(again.stream, r.stream);
+}
+
+TEST(ModelRequest, AcceptsOllamaNameField) {
+  EXPECT_EQ(ModelRequest::from_json(json{{"model", "a:b"}}).model, "a:b");
+  EXPECT_EQ(ModelRequest::from_json(json{{"name", "a"}}).model, "a");
+  EXPECT_THROW(ModelRequest::from_json(json{{"model", nullptr}}), RequestError);
+  EXPECT_THROW(ModelRequest::from_json(json{{"model", json::array()}}), RequestError);
+}
+
+TEST(ModelEntry, JsonHasOllamaFieldsAndRoundTrips) {
+  ModelEntry e;
+  e.name = "smollm2-135m-instruct";
+  e.tag = "q4_1";
+  e.is_default = true;
+  e.format = "gguf";
+  e.architecture = "llama";
+  e.n_params = 134515008;
+  e.dtype = "Q4_1";
+  e.size_bytes = 98362432;
+  e.source = "/x/SmolLM2-135M-Instruct.Q4_1.gguf";
+  e.source_kind = "gguf-file";
+  e.digest = "sha256:00";
+  e.created_at = 1795714771;
+  e.config = json{{"n_layers", 30}};
+  e.files = {FileEntry{"a.gguf", "sha256:11", 5}};
+  json j = e.to_json(true);
+  EXPECT_EQ(j["name"], "smollm2-135m-instruct:q4_1");
+  EXPECT_EQ(j["model"], "smollm2-135m-instruct:q4_1");
+  EXPECT_EQ(j["size"], 98362432);
+  EXPECT_EQ(j["modified_at"], "2026-11-26T17:39:31Z");
+  EXPECT_EQ(j["details"]["parameter_size"], "135M");
+  EXPECT_EQ(j["details"]["quantization_level"], "Q4_1");
+  EXPECT_EQ(j["details"]["format"], "gguf");
+  EXPECT_FALSE(e.to_json(false).contains("files"));
+  ModelEntry back = ModelEntry::from_json(j);
+  EXPECT_EQ(back.name, e.name);
+  EXPECT_EQ(back.tag, e.tag);
+  EXPECT_TRUE(back.is_default);
+  EXPECT_EQ(back.n_params, e.n_params);
+  EXPECT_EQ(back.format, "gguf");
+  ASSERT_EQ(back.files.size(), 1u);
+  EXPECT_EQ(back.files[0].digest, "sha256:11");
+  EXPECT_EQ(back.config["n_layers"], 30);
+}
+
+TEST(Manifest, SortedAndComplete) {
+  std::vector<FileEntry> files = {{"b.json", "sha256:bb", 2}, {"a.safetensors", "sha256:aa", 10}};
+  EXPECT_EQ(manifest_text(files), "a.safetensors sha256:aa 10\nb.json sha256:bb 2\n");
+}
+
+TEST(DefaultSocket, FollowsTheEnvironment) {
+  ::setenv("RUNTIME_DIRECTORY", "/run/gptqd:/run/other", 1);
+  EXPECT_EQ(default_socket_path(), "/run/gptqd/gptqd.sock");
+  ::unsetenv("RUNTIME_DIRECTORY");
+  ::setenv("XDG_RUNTIME_DIR", "/run/user/1000", 1);
+  EXPECT_EQ(default_socket_path(), "/run/user/1000/gptqd.sock");
+  ::unsetenv("XDG_RUNTIME_DIR");
+  EXPECT_EQ(default_socket_path(), "/tmp/gptqd-" + std::to_string(::getuid()) + "/gptqd.sock");
+}
+
+}  // namespace
+}  // namespace gptqd::protocol

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: Apache-2.0
+// SQLite registry: schema, models/tags/files, default tags, blob references, jobs, refusal of
+// damaged or newer databases (daemon tests).
+#include "daemon/registry.h"
+
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+
+#include <fstream>
+
+#include "engine/error.h"
+#include "tests/support/test_env.h"
+
+namespace gptqd::daemon {
+namespace {
+
+RegistryTag make_tag(const std::string& name, const std::string& tag, std::vector<RegistryFile> files) {
+  RegistryTag t;
+  t.name = name;
+  t.tag = tag;
+  t.format = "gguf";
+  t.architecture = "llama";
+  t.n_params = 1000;
+  t.dtype = "Q4_1";
+  t.source_kind = "gguf-file";
+  t.source = "/src/" + name;
+  t.config_json = R"({"n_layers":2})";
+  for (const auto& f : files) t.size_bytes += f.size_bytes;
+  t.digest = "sha256:manifest-" + name + "-" + tag;
+  t.files = std::move(files);
+  return t;
+}
+
+std::string digest(char c) { return "sha256:" + std::string(64, c); }
+
+TEST(Registry, CreatesSchemaWithWalAndForeignKeys) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  EXPECT_EQ(reg->schema_version(), Registry::kSchemaVersion);
+  reg.reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "registry.db").c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* s = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &s, nullptr);
+  ASSERT_EQ(sqlite3_step(s), SQLITE_ROW);
+  EXPECT_STREQ(reinterpret_cast<const char*>(sqlite3_column_text(s, 0)), "wal");
+  sqlite3_finalize(s);
+  for (const char* table : {"models", "tags", "files", "blobs", "jobs"}) {
+    std::string sql = std::string("SELECT COUNT(*) FROM ") + table;
+    ASSERT_EQ(sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr), SQLITE_OK) << table;
+    sqlite3_finalize(s);
+  }
+  sqlite3_close(db);
+  // Reopening keeps the data and does not migrate again.
+  auto again = Registry::open(dir / "registry.db");
+  EXPECT_EQ(again->schema_version(), Registry::kSchemaVersion);
+}
+
+TEST(Registry, AddFindListRemove) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  reg->add(make_tag("m", "q4_1", {{"m.gguf", digest('a'), 100}}));
+  auto found = reg->find("m", "");
+  ASSERT_TRUE(found);
+  EXPECT_EQ(found->tag, "q4_1");
+  EXPECT_TRUE(found->is_default);
+  ASSERT_EQ(found->files.size(), 1u);
+  EXPECT_EQ(found->files[0].digest, digest('a'));
+  EXPECT_EQ(found->files[0].size_bytes, 100u);
+  EXPECT_EQ(found->size_bytes, 100u);
+  EXPECT_TRUE(reg->find("m", "q4_1"));
+  EXPECT_FALSE(reg->find("m", "fp16"));
+  EXPECT_FALSE(reg->find("other", ""));
+
+  // A second tag is not the default; NAME still resolves to the first.
+  reg->add(make_tag("m", "fp16", {{"config.json", digest('b'), 5}, {"model.safetensors", digest('c'), 50}}));
+  EXPECT_EQ(reg->find("m", "")->tag, "q4_1");
+  EXPECT_FALSE(reg->find("m", "fp16")->is_default);
+  EXPECT_EQ(reg->list().size(), 2u);
+  EXPECT_EQ(reg->blob_digests().size(), 3u);
+
+  // Same name:tag again is a conflict and changes nothing.
+  try {
+    reg->add(make_tag("m", "fp16", {{"x", digest('d'), 1}}));
+    FAIL() << "duplicate name:tag accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::conflict);
+  }
+  EXPECT_EQ(reg->blob_digests().size(), 3u);
+
+  // Removing the default promotes the remaining tag.
+  auto freed = reg->remove("m", "");
+  EXPECT_EQ(freed, std::vector<std::string>{digest('a')});
+  auto def = reg->find("m", "");
+  ASSERT_TRUE(def);
+  EXPECT_EQ(def->tag, "fp16");
+  EXPECT_TRUE(def->is_default);
+
+  auto freed2 = reg->remove("m", "fp16");
+  EXPECT_EQ(freed2.size(), 2u);
+  EXPECT_TRUE(reg->list().empty());
+  EXPECT_TRUE(reg->blob_digests().empty());
+  try {
+    reg->remove("m", "fp16");
+    FAIL() << "removing a missing model succeeded";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::not_found);
+  }
+}
+
+TEST(Registry, SharedBlobsStayUntilTheLastReference) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  reg->add(make_tag("a", "t", {{"w.gguf", digest('a'), 100}}));
+  reg->add(make_tag("b", "t", {{"w.gguf", digest('a'), 100}, {"extra", digest('e'), 1}}));
+  EXPECT_EQ(reg->blob_digests().size(), 2u);
+  EXPECT_EQ(reg->remove("a", "t"), std::vector<std::string>{});  // still used by b
+  EXPECT_EQ(reg->blob_digests().size(), 2u);
+  auto freed = reg->remove("b", "t");
+  std::sort(freed.begin(), freed.end());
+  EXPECT_EQ(freed, (std::vector<std::string>{digest('a'), digest('e')}));
+}
+
+TEST(Registry, JobsAndRecovery) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  int64_t a = reg->add_job("pull", "m:t", "{}");
+  int64_t b = reg->add_job("pull", "n:t", "{}");
+  reg->finish_job(a, "done", "");
+  EXPECT_EQ(reg->fail_running_jobs("interrupted"), 1);
+  auto jobs = reg->jobs();
+  ASSERT_EQ(jobs.size(), 2u);
+  EXPECT_EQ(jobs[0].state, "done");
+  EXPECT_EQ(jobs[1].id, b);
+  EXPECT_EQ(jobs[1].state, "failed");
+  EXPECT_EQ(jobs[1].error, "interrupted");
+}
+
+TEST(Registry, RefusesANewerSchema) {
+  test::TempDir dir;
+  Registry::open(dir / "registry.db").reset();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "registry.db").c_str(), &db), SQLITE_OK);
+  sqlite3_exec(db, "PRAGMA user_version = 99", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  try {
+    Registry::open(dir / "registry.db");
+    FAIL() << "a schema from the future was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("newer than this gptqd"), std::string::npos) << e.what();
+  }
+}
+
+// reliability.md D10: a damaged registry is refused, never recreated or deleted.
+TEST(Registry, RefusesADamagedDatabaseAndLeavesItAlone) {
+  test::TempDir dir;
+  {
+    auto reg = Registry::open(dir / "registry.db");
+    for (int i = 0; i < 50; ++i) reg->add(make_tag("m" + std::to_string(i), "t", {{"f", digest('a'), 1}}));
+  }
+  // Corrupt bytes in the middle of the file (past the header page).
+  auto path = dir / "registry.db";
+  auto size = std::filesystem::file_size(path);
+  ASSERT_GT(size, 8192u);
+  {
+    std::fstream f(path, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(4096 + 100);
+    std::string junk(2000, '\xa5');
+    f.write(junk.data(), static_cast<std::streamsize>(junk.size()));
+  }
+  const std::string before = test::read_file(path);
+  EXPECT_THROW(Registry::open(path), Error);
+  EXPECT_EQ(test::read_file(path), before);
+  // Not a database at all.
+  test::write_file(dir / "junk.db", std::string(8192, 'x'));
+  EXPECT_THROW(Registry::open(dir / "junk.db"), Error);
+  EXPECT_EQ(test::read_file(dir / "junk.db"), std::string(8192, 'x'));
+}
+
+TEST(Registry, RefusesASymlinkedDatabase) {
+  test::TempDir dir;
+  Registry::open(dir / "real.db").reset();
+  std::filesystem::create_symlink(dir / "real.db", dir / "registry.db");
+  EXPECT_THROW(Registry::open(dir / "registry.db"), Error);
+}
+
+}  // namespace
+}  // namespace gptqd::daemon

@@ -1,0 +1,67 @@
+// SPDX-License-Identifier: Apache-2.0
+// A real gptqd on a temp socket for integration tests, plus raw HTTP over Unix sockets
+// (test support).
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "tests/support/test_env.h"
+
+namespace gptqd::test {
+
+std::filesystem::path gptqd_binary();
+std::filesystem::path gptqctl_binary();
+
+class DaemonProcess {
+ public:
+  // Does not start anything; `dir` holds state/ and the socket.
+  explicit DaemonProcess(std::filesystem::path dir);
+  ~DaemonProcess();  // SIGKILL if still running
+
+  // Starts `gptqd --foreground` and waits until the socket accepts connections. `env` is added
+  // to the environment ("K=V"); `args` are extra arguments. False (with log()) on failure.
+  bool start(const std::vector<std::string>& env = {}, const std::vector<std::string>& args = {});
+  // Sends `sig` and waits for the process; returns its exit status (128 + signal when killed).
+  int stop(int sig = 15, std::chrono::milliseconds timeout = std::chrono::seconds(20));
+  // Waits for the process to exit by itself (e.g. after a fault point); -1 on timeout.
+  int wait_exit(std::chrono::milliseconds timeout);
+  bool running() const { return pid_ > 0; }
+  pid_t pid() const { return pid_; }
+
+  const std::filesystem::path& state_dir() const { return state_dir_; }
+  const std::filesystem::path& socket() const { return socket_; }
+  std::string log() const;  // stderr of every run so far
+
+  // gptqctl --socket <socket> args...
+  CommandResult ctl(const std::vector<std::string>& args) const;
+
+ private:
+  std::filesystem::path dir_, state_dir_, socket_, log_path_;
+  pid_t pid_ = -1;
+};
+
+struct HttpReply {
+  int status = 0;              // 0 when no status line came back
+  std::string headers;
+  std::string body;            // de-chunked
+  std::string raw;
+};
+
+// Sends `bytes` on a fresh connection and reads until the peer closes (or `timeout`).
+std::string raw_exchange(const std::filesystem::path& socket, const std::string& bytes,
+                         std::chrono::milliseconds timeout = std::chrono::seconds(10));
+HttpReply parse_reply(const std::string& raw);
+// One request with "Connection: close".
+HttpReply http_request(const std::filesystem::path& socket, const std::string& method, const std::string& target,
+                       const std::string& body = {});
+
+// Sorted file names in a directory ("" entries never).
+std::vector<std::string> list_dir(const std::filesystem::path& dir);
+
+}  // namespace gptqd::test

@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: Apache-2.0
+// Deterministic tiny Llama models written to disk for tests (test support): an HF folder
+// (dense fp16 or GPTQ 4-bit) and a GGUF file, small enough to import in milliseconds.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace gptqd::test {
+
+struct TinyShape {
+  int64_t vocab = 64;
+  int64_t hidden = 32;
+  int64_t intermediate = 64;
+  int64_t n_layers = 2;
+  int64_t n_heads = 4;
+  int64_t n_kv_heads = 2;
+  int64_t head_dim = 8;
+  int64_t context = 128;
+};
+
+// config.json of the tiny model (model_type llama, fp16).
+nlohmann::json tiny_hf_config(const TinyShape& s = {});
+
+struct TinyHfOptions {
+  TinyShape shape;
+  bool gptq = false;          // linears as GPTQ 4-bit, group size 16 (+ quantize_config.json)
+  int n_shards = 1;           // > 1: model-0000i-of-0000n.safetensors + index
+  uint32_t seed = 1;          // changes the weights (and so the digests)
+};
+
+// Writes config.json, model*.safetensors, tokenizer.json, tokenizer_config.json into `dir`.
+void write_tiny_hf_model(const std::filesystem::path& dir, const TinyHfOptions& options = {});
+
+// Writes a tiny llama GGUF v3 (all tensors F32) to `path`.
+void write_tiny_gguf(const std::filesystem::path& path, const TinyShape& s = {}, uint32_t seed = 1);
+
+}  // namespace gptqd::test
