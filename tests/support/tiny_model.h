@@ -31,6 +31,17 @@ struct TinyHfOptions {
   uint32_t seed = 1;          // changes the weights (and so the digests)
 };
 
+inline TinyHfOptions tiny_gptq_options() {
+  TinyHfOptions o;
+  o.gptq = true;
+  return o;
+}
+inline TinyHfOptions tiny_sharded_options(int n_shards) {
+  TinyHfOptions o;
+  o.n_shards = n_shards;
+  return o;
+}
+
 // Writes config.json, model*.safetensors, tokenizer.json, tokenizer_config.json into `dir`.
 void write_tiny_hf_model(const std::filesystem::path& dir, const TinyHfOptions& options = {});
 
