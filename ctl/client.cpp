@@ -22,9 +22,13 @@ local::socket connect(asio::io_context& io, const std::filesystem::path& path) {
   boost::system::error_code ec;
   sock.connect(local::endpoint(path.string()), ec);
   if (ec) {
-    std::string hint = (ec == asio::error::not_found || ec == asio::error::connection_refused)
-                           ? " — is gptqd running? Start it with `gptqd`, or point --socket / GPTQD_SOCKET at its socket"
-                           : (ec == asio::error::access_denied ? " — ask for access to the gptqd group" : "");
+    namespace errc = boost::system::errc;
+    std::string hint;
+    if (ec == errc::no_such_file_or_directory || ec == errc::connection_refused) {
+      hint = " — is gptqd running? Start it with `gptqd`, or point --socket / GPTQD_SOCKET at its socket";
+    } else if (ec == errc::permission_denied) {
+      hint = " — this user may not open the socket; ask to be added to the daemon's group";
+    }
     throw CtlError(kExitUnreachable, "cannot connect to gptqd at " + path.string() + ": " + ec.message() + hint);
   }
   return sock;
