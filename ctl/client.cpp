@@ -52,14 +52,22 @@ http::request<http::string_body> make_request(const std::string& method, const s
   throw CtlError(kExitFailed, "lost the connection to gptqd at " + path.string() + ": " + ec.message());
 }
 
+// Connects and sends one request; the caller reads the response.
+local::socket send_request(asio::io_context& io, const std::filesystem::path& path, const std::string& method,
+                           const std::string& target, const std::string& body) {
+  local::socket sock = connect(io, path);
+  boost::system::error_code ec;
+  http::write(sock, make_request(method, target, body), ec);
+  if (ec) lost(path, ec);
+  return sock;
+}
+
 }  // namespace
 
 HttpResult Client::request(const std::string& method, const std::string& target, const std::string& body) {
   asio::io_context io;
-  local::socket sock = connect(io, socket_path_);
+  local::socket sock = send_request(io, socket_path_, method, target, body);
   boost::system::error_code ec;
-  http::write(sock, make_request(method, target, body), ec);
-  if (ec) lost(socket_path_, ec);
   beast::flat_buffer buf;
   http::response_parser<http::string_body> parser;
   parser.body_limit(256u << 20);
@@ -71,10 +79,8 @@ HttpResult Client::request(const std::string& method, const std::string& target,
 HttpResult Client::stream(const std::string& method, const std::string& target, const std::string& body,
                           const std::function<void(const nlohmann::json&)>& on_event) {
   asio::io_context io;
-  local::socket sock = connect(io, socket_path_);
+  local::socket sock = send_request(io, socket_path_, method, target, body);
   boost::system::error_code ec;
-  http::write(sock, make_request(method, target, body), ec);
-  if (ec) lost(socket_path_, ec);
   beast::flat_buffer buf;
   http::response_parser<http::buffer_body> parser;
   parser.body_limit(std::uint64_t{1} << 50);  // not boost::none: Beast 1.74 then rejects any Content-Length

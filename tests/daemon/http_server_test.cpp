@@ -218,18 +218,6 @@ class LimitsTest : public HttpServerTest {
   }
 };
 
-int connect_to(const std::filesystem::path& path) {
-  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
-    ::close(fd);
-    return -1;
-  }
-  return fd;
-}
-
 // Reads until EOF or `ms`; returns what came and whether the peer closed.
 std::pair<std::string, bool> read_until_close(int fd, int ms) {
   std::string out;
@@ -247,7 +235,7 @@ std::pair<std::string, bool> read_until_close(int fd, int ms) {
 }
 
 TEST_F(LimitsTest, IdleConnectionsAreClosed) {
-  int fd = connect_to(daemon_->socket());
+  int fd = connect_unix(daemon_->socket());
   ASSERT_GE(fd, 0);
   ::send(fd, "GET /api/he", 11, MSG_NOSIGNAL);  // a slowloris that never finishes
   auto [out, closed] = read_until_close(fd, 3000);
@@ -257,8 +245,8 @@ TEST_F(LimitsTest, IdleConnectionsAreClosed) {
 }
 
 TEST_F(LimitsTest, ConnectionsBeyondTheCapGet503) {
-  int a = connect_to(daemon_->socket());
-  int b = connect_to(daemon_->socket());
+  int a = connect_unix(daemon_->socket());
+  int b = connect_unix(daemon_->socket());
   ASSERT_GE(a, 0);
   ASSERT_GE(b, 0);
   std::this_thread::sleep_for(std::chrono::milliseconds(50));

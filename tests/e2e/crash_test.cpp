@@ -27,11 +27,8 @@ namespace fs = std::filesystem;
 class StreamingPull {
  public:
   StreamingPull(const fs::path& socket, const fs::path& source) {
-    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::strncpy(addr.sun_path, socket.c_str(), sizeof(addr.sun_path) - 1);
-    if (::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) return;
+    fd_ = connect_unix(socket);
+    if (fd_ < 0) return;
     std::string body = json{{"model", source.string()}}.dump();
     std::string req = "POST /api/pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
                       std::to_string(body.size()) + "\r\n\r\n" + body;

@@ -18,8 +18,6 @@
 extern char** environ;
 
 namespace gptqd::test {
-namespace {
-
 int connect_unix(const std::filesystem::path& path) {
   int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
   if (fd < 0) return -1;
@@ -32,6 +30,8 @@ int connect_unix(const std::filesystem::path& path) {
   }
   return fd;
 }
+
+namespace {
 
 std::string dechunk(const std::string& body) {
   std::string out;

@@ -53,6 +53,9 @@ struct HttpReply {
   std::string raw;
 };
 
+// A connected Unix stream socket, or -1.
+int connect_unix(const std::filesystem::path& path);
+
 // Sends `bytes` on a fresh connection and reads until the peer closes (or `timeout`).
 std::string raw_exchange(const std::filesystem::path& socket, const std::string& bytes,
                          std::chrono::milliseconds timeout = std::chrono::seconds(10));
