@@ -310,12 +310,10 @@ std::string name_from_gguf_file(const std::string& file_name) {
   std::string lower = stem;
   std::transform(lower.begin(), lower.end(), lower.begin(), [](unsigned char ch) { return std::tolower(ch); });
   for (std::string_view label : kLabels) {
-    for (char sep : {'.', '-', '_'}) {
-      std::string suffix = std::string(1, sep) + std::string(label);
-      if (ends_with(lower, suffix) && lower.size() > suffix.size()) {
-        return sanitize_model_name(stem.substr(0, stem.size() - suffix.size()));
-      }
-    }
+    // "<name><sep><label>" with sep one of . - _ and a non-empty name before it.
+    if (lower.size() < label.size() + 2 || !ends_with(lower, label)) continue;
+    const size_t sep = lower.size() - label.size() - 1;
+    if (lower[sep] == '.' || lower[sep] == '-' || lower[sep] == '_') return sanitize_model_name(stem.substr(0, sep));
   }
   return sanitize_model_name(stem);
 }
@@ -390,18 +388,22 @@ ModelInfo inspect_model_source(const fs::path& source) {
     files.push_back(SourceFile{name, source, fs::file_size(source)});
     suggested = name_from_gguf_file(name);
   } else if (fs::is_directory(st)) {
-    bool has_pickle = false, has_safetensors = false;
+    bool has_safetensors = false;
+    std::vector<std::string> pickles;
     for (const auto& entry : fs::directory_iterator(source)) {
       if (!entry.is_regular_file()) continue;  // follows symlinks (HF cache snapshots)
       std::string name = entry.path().filename().string();
-      if (is_pickle_name(name)) has_pickle = true;
+      if (is_pickle_name(name)) pickles.push_back(name);
       bool keep = kHfSideFiles.contains(name) || ends_with(name, ".safetensors");
       if (ends_with(name, ".safetensors")) has_safetensors = true;
       if (keep) files.push_back(SourceFile{name, entry.path(), entry.file_size()});
     }
-    if (!has_safetensors && has_pickle) {
-      fail(ErrorCode::unsupported, source.string(),
-           ": only pickle weights (.bin/.pt); gptqd never loads pickles — convert the model to safetensors");
+    if (!has_safetensors && !pickles.empty()) {
+      std::sort(pickles.begin(), pickles.end());
+      std::string listed;
+      for (const auto& p : pickles) listed.append(listed.empty() ? "" : ", ").append(p);
+      fail(ErrorCode::unsupported, source.string(), ": only pickle weights (", listed,
+           "); gptqd never loads pickles — convert the model to safetensors");
     }
     if (!has_safetensors) {
       fail(ErrorCode::invalid_argument, source.string(),
