@@ -39,7 +39,7 @@ else
 fi
 
 # Python is for tests and reference checks only (no torch).
-py_packages=(numpy==2.2.6 gguf==0.19.0 tokenizers==0.22.1 sentencepiece==0.2.1 safetensors==0.6.2)
+py_packages=(numpy==2.2.6 gguf==0.19.0 tokenizers==0.22.1 sentencepiece==0.2.1 safetensors==0.6.2 jinja2==3.1.6 httpx==0.28.1 openai==3.57.0)
 if [[ ! -x $venv/bin/python ]]; then
   echo "install-deps: creating venv $venv"
   python3 -m venv "$venv"
