@@ -9,8 +9,28 @@
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/http.hpp>
 
+#include <signal.h>
+#include <sys/socket.h>
+
+#include <atomic>
+
 namespace gptqd::ctl {
 namespace {
+
+std::atomic<int> g_active_fd{-1};
+std::atomic<bool> g_interrupted{false};
+
+extern "C" void on_sigint(int) {
+  g_interrupted.store(true);
+  const int fd = g_active_fd.load();
+  if (fd >= 0) ::shutdown(fd, SHUT_RDWR);  // async-signal-safe; the blocked read returns at once
+}
+
+// Registers the socket of the request in flight for on_sigint.
+struct ActiveFd {
+  explicit ActiveFd(int fd) { g_active_fd.store(fd); }
+  ~ActiveFd() { g_active_fd.store(-1); }
+};
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
@@ -49,6 +69,7 @@ http::request<http::string_body> make_request(const std::string& method, const s
 }
 
 [[noreturn]] void lost(const std::filesystem::path& path, const boost::system::error_code& ec) {
+  if (g_interrupted.load()) throw Interrupted();
   throw CtlError(kExitFailed, "lost the connection to gptqd at " + path.string() + ": " + ec.message());
 }
 
@@ -76,10 +97,45 @@ HttpResult Client::request(const std::string& method, const std::string& target,
   return HttpResult{static_cast<int>(parser.get().result_int()), parser.get().body()};
 }
 
+void install_interrupt_handler() {
+  struct sigaction sa {};
+  sa.sa_handler = on_sigint;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART: a blocked terminal read returns too
+  sigaction(SIGINT, &sa, nullptr);
+}
+
+bool take_interrupt() { return g_interrupted.exchange(false); }
+
 HttpResult Client::stream(const std::string& method, const std::string& target, const std::string& body,
                           const std::function<void(const nlohmann::json&)>& on_event) {
+  return stream_lines(method, target, body, [&](std::string_view line) {
+    nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+    if (ev.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed event: " + std::string(line.substr(0, 200)));
+    on_event(ev);
+    return true;
+  });
+}
+
+HttpResult Client::stream_sse(const std::string& method, const std::string& target, const std::string& body,
+                              const std::function<void(const nlohmann::json&)>& on_event) {
+  return stream_lines(method, target, body, [&](std::string_view line) {
+    if (line.rfind("data: ", 0) != 0) return true;  // comments, event names, blank separators
+    std::string_view data = line.substr(6);
+    if (data == "[DONE]") return false;
+    nlohmann::json ev = nlohmann::json::parse(data, nullptr, /*allow_exceptions=*/false);
+    if (ev.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed event: " + std::string(data.substr(0, 200)));
+    on_event(ev);
+    return true;
+  });
+}
+
+HttpResult Client::stream_lines(const std::string& method, const std::string& target, const std::string& body,
+                                const std::function<bool(std::string_view)>& on_line) {
   asio::io_context io;
   local::socket sock = send_request(io, socket_path_, method, target, body);
+  ActiveFd active(sock.native_handle());
+  if (g_interrupted.load()) throw Interrupted();
   boost::system::error_code ec;
   beast::flat_buffer buf;
   http::response_parser<http::buffer_body> parser;
@@ -105,13 +161,13 @@ HttpResult Client::stream(const std::string& method, const std::string& target, 
     size_t start = 0;
     for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
       std::string_view line(pending.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
       if (line.empty()) continue;
-      nlohmann::json ev = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (ev.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed event: " + std::string(line.substr(0, 200)));
-      on_event(ev);
+      if (!on_line(line)) return result;
     }
     pending.erase(0, start);
   }
+  if (g_interrupted.load()) throw Interrupted();
   return result;
 }
 

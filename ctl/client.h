@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 
 namespace gptqd::ctl {
 
@@ -41,10 +42,24 @@ class Client {
   // non-200 response is returned whole (status + body) without calling `on_event`.
   HttpResult stream(const std::string& method, const std::string& target, const std::string& body,
                     const std::function<void(const nlohmann::json&)>& on_event);
+  // The same for Server-Sent Events ("data: {...}" lines); "[DONE]" ends it.
+  HttpResult stream_sse(const std::string& method, const std::string& target, const std::string& body,
+                        const std::function<void(const nlohmann::json&)>& on_event);
 
  private:
+  HttpResult stream_lines(const std::string& method, const std::string& target, const std::string& body,
+                          const std::function<bool(std::string_view)>& on_line);
   std::filesystem::path socket_path_;
 };
+
+// Ctrl-C handling: after install_interrupt_handler(), SIGINT shuts down the socket of the
+// request in flight (the daemon then cancels it) and the request throws Interrupted.
+struct Interrupted : CtlError {
+  Interrupted() : CtlError(130, "interrupted") {}
+};
+void install_interrupt_handler();
+// True (once) when SIGINT arrived since the last call.
+bool take_interrupt();
 
 // The "error" field of a JSON error body, or the body itself.
 std::string error_message(const HttpResult& r);

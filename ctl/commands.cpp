@@ -180,4 +180,126 @@ int cmd_rm(Context& ctx, const std::string& model) {
   return kExitOk;
 }
 
+int cmd_eval(Context& ctx, const EvalArgs& args) {
+  protocol::EvalRequest req;
+  req.model = checked_ref(args.model);
+  req.dataset = args.dataset;
+  std::error_code ec;
+  if (std::filesystem::exists(args.dataset, ec)) {
+    req.dataset = std::filesystem::absolute(args.dataset, ec).lexically_normal().string();
+  }
+  req.seqlen = args.seqlen;
+  req.max_windows = args.max_windows;
+  req.stream = true;
+  install_interrupt_handler();
+  json done;
+  std::string error;
+  bool bar_open = false;
+  HttpResult r;
+  try {
+    r = ctx.client.stream("POST", "/api/eval", req.to_json().dump(), [&](const json& ev) {
+      if (ev.contains("error")) {
+        error = ev["error"].is_string() ? ev["error"].get<std::string>() : ev["error"].dump();
+      } else if (ev.value("event", "") == "done") {
+        done = ev;
+      } else if (!ctx.json && ev.contains("total")) {
+        const auto n = ev.value("completed", 0), total = ev.value("total", 0);
+        if (ctx.tty) {
+          std::fprintf(ctx.err, "\r\x1b[Kevaluating: window %d/%d, perplexity so far %.4f", n, total,
+                       ev.value("perplexity", 0.0));
+          bar_open = true;
+        } else {
+          std::fprintf(ctx.err, "window %d/%d: perplexity so far %.4f\n", n, total, ev.value("perplexity", 0.0));
+        }
+        std::fflush(ctx.err);
+      } else if (!ctx.json) {
+        std::fprintf(ctx.err, "%s\n", printable(ev.value("status", std::string())).c_str());
+      }
+    });
+  } catch (const Interrupted&) {
+    if (bar_open) std::fputc('\n', ctx.err);
+    throw CtlError(130, "evaluation cancelled");
+  }
+  if (bar_open) std::fputc('\n', ctx.err);
+  if (r.status != 200) throw CtlError(kExitFailed, error_message(r));
+  if (!error.empty()) throw CtlError(kExitFailed, "evaluation failed: " + error);
+  if (done.is_null()) throw CtlError(kExitFailed, "the evaluation ended without a result (did the daemon stop?)");
+  if (ctx.json) {
+    json out = {{"perplexity", done["perplexity"]}, {"tokens", done["tokens"]}, {"windows", done["windows"]},
+                {"seqlen", done["seqlen"]}};
+    print(ctx, out.dump() + "\n");
+  } else {
+    char line[256];
+    std::snprintf(line, sizeof line, "perplexity %.4f (%lld tokens in %lld window(s) of %lld; dataset %s)\n",
+                  done.value("perplexity", 0.0), static_cast<long long>(done.value("tokens", 0)),
+                  static_cast<long long>(done.value("windows", 0)), static_cast<long long>(done.value("seqlen", 0)),
+                  printable(done.value("dataset", std::string())).c_str());
+    print(ctx, line);
+  }
+  return kExitOk;
+}
+
+int cmd_dataset_add(Context& ctx, const std::string& name, const std::vector<std::string>& files) {
+  protocol::DatasetAddRequest req;
+  req.name = name;
+  for (const auto& f : files) {
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(f, ec)) throw CtlError(kExitFailed, "no such file: " + printable(f));
+    req.files.push_back(std::filesystem::absolute(f, ec).lexically_normal().string());
+  }
+  HttpResult r = ctx.client.request("POST", "/api/datasets", req.to_json().dump());
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    print(ctx, j.dump() + "\n");
+  } else {
+    print(ctx, "added dataset " + printable(name) + " (" + std::to_string(j.value("files", 0)) + " file(s), " +
+                   human_bytes(j.value("size", uint64_t{0})) + ")\n");
+  }
+  return kExitOk;
+}
+
+int cmd_dataset_list(Context& ctx) {
+  HttpResult r = ctx.client.request("GET", "/api/datasets");
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    print(ctx, j.dump() + "\n");
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"NAME", "FILES", "SIZE", "ADDED"}};
+  for (const auto& d : j.value("datasets", json::array())) {
+    rows.push_back({printable(d.value("name", std::string())), std::to_string(d.value("files", json::array()).size()),
+                    human_bytes(d.value("size", uint64_t{0})), protocol::rfc3339_utc(d.value("created_at", int64_t{0}))});
+  }
+  if (rows.size() == 1) {
+    print(ctx, "no datasets yet; add one with: gptqctl dataset add NAME FILE...\n");
+    return kExitOk;
+  }
+  print(ctx, format_table(rows));
+  return kExitOk;
+}
+
+int cmd_ps(Context& ctx) {
+  HttpResult r = ctx.client.request("GET", "/api/ps");
+  check_ok(r);
+  json j = parse_json_or_fail(r);
+  if (ctx.json) {
+    print(ctx, j.dump() + "\n");
+    return kExitOk;
+  }
+  std::vector<std::vector<std::string>> rows = {{"NAME", "SIZE", "DEVICE", "ACTIVE", "QUEUED", "UNTIL"}};
+  for (const auto& m : j.value("models", json::array())) {
+    rows.push_back({printable(m.value("name", std::string())), human_bytes(m.value("size", uint64_t{0})),
+                    printable(m.value("device", std::string())), std::to_string(m.value("active", 0)),
+                    std::to_string(m.value("queued", 0)), printable(m.value("expires_at", std::string()))});
+  }
+  if (rows.size() == 1) {
+    print(ctx, "no models loaded\n");
+    return kExitOk;
+  }
+  print(ctx, format_table(rows));
+  return kExitOk;
+}
+
 }  // namespace gptqd::ctl

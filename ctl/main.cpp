@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <optional>
 
 #include "ctl/client.h"
 #include "ctl/commands.h"
@@ -36,6 +37,50 @@ int main(int argc, char** argv) {
   auto* rm = app.add_subcommand("rm", "Remove a model and the files no other model uses");
   rm->add_option("model", model, "NAME[:TAG]")->required();
 
+  RunArgs run_args;
+  std::optional<double> temperature, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
+  std::optional<int64_t> top_k, seed, max_tokens, repeat_last_n, num_ctx;
+  std::vector<std::string> stops;
+  auto* run = app.add_subcommand("run", "Generate: one PROMPT, a piped stdin, or an interactive chat");
+  run->add_option("model", run_args.model, "NAME[:TAG]")->required();
+  run->add_option("prompt", run_args.prompt, "The prompt (omit for an interactive chat)");
+  run->add_option("--system", run_args.system, "System prompt");
+  run->add_option("--temperature", temperature, "Sampling temperature (0: greedy)");
+  run->add_option("--top-k", top_k, "Keep the K most likely tokens (0: off)");
+  run->add_option("--top-p", top_p, "Nucleus sampling mass");
+  run->add_option("--min-p", min_p, "Drop tokens below this fraction of the top probability");
+  run->add_option("--repeat-penalty", repeat_penalty, "Penalty for repeated tokens (1: off)");
+  run->add_option("--repeat-last-n", repeat_last_n, "Tokens the penalties look back over");
+  run->add_option("--presence-penalty", presence_penalty, "OpenAI-style presence penalty");
+  run->add_option("--frequency-penalty", frequency_penalty, "OpenAI-style frequency penalty");
+  run->add_option("--seed", seed, "Random seed (same seed + same request = same text)");
+  run->add_option("--max-tokens", max_tokens, "Stop after N tokens");
+  run->add_option("--num-ctx", num_ctx, "Context size in tokens");
+  run->add_option("--stop", stops, "Stop at this text (repeatable)");
+  run->add_flag("--raw", run_args.raw, "Send the prompt as is, without the chat template");
+  run->add_flag("--verbose", run_args.verbose, "Print timings and tokens/s after each answer");
+
+  EvalArgs eval_args;
+  auto* eval = app.add_subcommand("eval", "Perplexity of a model on a dataset (GPTQ paper protocol)");
+  eval->add_option("model", eval_args.model, "NAME[:TAG]")->required();
+  eval->add_option("--dataset", eval_args.dataset, "Registered dataset NAME or a text/JSONL FILE")->capture_default_str();
+  eval->add_option("--seqlen", eval_args.seqlen, "Window length in tokens")->capture_default_str();
+  eval->add_option("--max-windows", eval_args.max_windows, "Evaluate at most N windows (0: all)")->capture_default_str();
+
+  auto* dataset = app.add_subcommand("dataset", "Text datasets for evaluation and calibration");
+  dataset->require_subcommand(1);
+  std::string dataset_name;
+  std::vector<std::string> dataset_files;
+  auto* dataset_add = dataset->add_subcommand("add", "Register text files (plain text, or JSONL with a \"text\" field)");
+  dataset_add->add_option("name", dataset_name, "NAME")->required();
+  dataset_add->add_option("files", dataset_files, "FILE...")->required();
+  auto* dataset_list = dataset->add_subcommand("list", "List the registered datasets");
+  std::string dataset_source;
+  auto* dataset_pull = dataset->add_subcommand("pull", "Fetch a dataset from the Hub (not available yet)");
+  dataset_pull->add_option("source", dataset_source, "SOURCE")->required();
+
+  auto* ps = app.add_subcommand("ps", "Models loaded on the device");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -48,7 +93,31 @@ int main(int argc, char** argv) {
     socket = (env && *env) ? std::string(env) : gptqd::protocol::default_socket_path().string();
   }
   Context ctx{Client(socket), json, ::isatty(STDERR_FILENO) == 1, stdout, stderr};
+  auto put = [&](const char* key, const auto& v) {
+    if (v) run_args.options[key] = *v;
+  };
+  put("temperature", temperature);
+  put("top_k", top_k);
+  put("top_p", top_p);
+  put("min_p", min_p);
+  put("repeat_penalty", repeat_penalty);
+  put("repeat_last_n", repeat_last_n);
+  put("presence_penalty", presence_penalty);
+  put("frequency_penalty", frequency_penalty);
+  put("seed", seed);
+  put("num_predict", max_tokens);
+  put("num_ctx", num_ctx);
+  if (!stops.empty()) run_args.options["stop"] = stops;
   try {
+    if (run->parsed()) return cmd_run(ctx, run_args);
+    if (eval->parsed()) return cmd_eval(ctx, eval_args);
+    if (dataset_add->parsed()) return cmd_dataset_add(ctx, dataset_name, dataset_files);
+    if (dataset_list->parsed()) return cmd_dataset_list(ctx);
+    if (dataset_pull->parsed()) {
+      throw CtlError(kExitFailed, "dataset pull needs the Hub client, which this gptqd does not have yet; download the "
+                                  "files and use `gptqctl dataset add NAME FILE...`");
+    }
+    if (ps->parsed()) return cmd_ps(ctx);
     if (status->parsed()) return cmd_status(ctx);
     if (pull->parsed()) return cmd_pull(ctx, pull_args);
     if (list->parsed() || app.got_subcommand("ls")) return cmd_list(ctx);

@@ -6,7 +6,7 @@
 
 namespace gptqd::ctl {
 
-std::string printable(std::string_view text) {
+std::string printable(std::string_view text, bool keep_layout) {
   std::string out;
   size_t i = 0;
   auto hex = [&](unsigned char c) {
@@ -17,7 +17,7 @@ std::string printable(std::string_view text) {
   };
   while (i < text.size()) {
     unsigned char c = static_cast<unsigned char>(text[i]);
-    if (c < 0x20 || c == 0x7f) {
+    if ((c < 0x20 || c == 0x7f) && !(keep_layout && (c == '\n' || c == '\t'))) {
       hex(c);
       ++i;
       continue;

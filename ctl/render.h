@@ -13,7 +13,8 @@
 namespace gptqd::ctl {
 
 // Replaces control characters (ESC, CR, ...) and invalid UTF-8 with visible escapes.
-std::string printable(std::string_view text);
+// `keep_layout` leaves '\n' and '\t' alone (for generated text).
+std::string printable(std::string_view text, bool keep_layout = false);
 
 std::string human_bytes(uint64_t n);         // "98.4 MB" (decimal units, as disk tools print)
 std::string with_commas(uint64_t n);         // "134,515,008"

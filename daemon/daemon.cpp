@@ -61,6 +61,7 @@ Daemon::Daemon(DaemonConfig cfg) : cfg_(std::move(cfg)), pool_(cfg_.io_workers) 
 
 Daemon::~Daemon() {
   for (auto& c : cancels_) c->store(true);
+  if (worker_) worker_->shutdown();
   pool_.join();
   signals_.reset();
   grace_timer_.reset();
@@ -126,6 +127,8 @@ void Daemon::begin_shutdown(const char* why) {
   log_info("stopping (", why, "): no new connections; cancelling ", cancels_.size(), " job(s)");
   server_->stop();
   for (auto& c : cancels_) c->store(true);
+  // The worker aborts its tasks; their error events let the waiting connections finish.
+  worker_->request_stop();
   // io_.run() returns by itself once every connection and job has wound down; a 20 ms poll
   // watches for that and, after the grace period, closes busy connections under their feet.
   grace_timer_ = std::make_unique<asio::steady_timer>(io_);
@@ -149,6 +152,12 @@ int Daemon::run(const std::function<void()>& on_ready) {
   started_at_ = static_cast<int64_t>(std::time(nullptr));
   std::signal(SIGPIPE, SIG_IGN);
   open_state();
+  DeviceLimits limits;
+  limits.max_loaded_models = static_cast<int>(cfg_.max_loaded_models);
+  limits.max_active_per_model = static_cast<int>(cfg_.parallel);
+  limits.max_queued = static_cast<int>(cfg_.max_queue);
+  worker_ = std::make_unique<DeviceWorker>(cfg_.device == "auto" ? "cpu" : cfg_.device, static_cast<int>(cfg_.threads),
+                                           limits);
   server_ = std::make_unique<HttpServer>(io_, cfg_, make_dispatcher(*this));
   server_->listen();
   server_->start();
@@ -161,6 +170,7 @@ int Daemon::run(const std::function<void()>& on_ready) {
            cfg_.state_dir.string());
   if (on_ready) on_ready();
   io_.run();  // returns when nothing is left: see begin_shutdown()
+  worker_->shutdown();
   pool_.join();
   signals_.reset();
   grace_timer_.reset();

@@ -17,6 +17,7 @@
 
 #include "daemon/blob_store.h"
 #include "daemon/daemon_config.h"
+#include "daemon/device_worker.h"
 #include "daemon/http_server.h"
 #include "daemon/registry.h"
 
@@ -36,6 +37,7 @@ class Daemon {
   asio::thread_pool& pool() { return pool_; }
   Registry& registry() { return *registry_; }
   BlobStore& blobs() { return *blobs_; }
+  DeviceWorker& worker() { return *worker_; }
   int64_t started_at() const { return started_at_; }
   bool stopping() const { return stopping_; }
 
@@ -60,6 +62,7 @@ class Daemon {
   int lock_fd_ = -1;
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<BlobStore> blobs_;
+  std::unique_ptr<DeviceWorker> worker_;
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<asio::signal_set> signals_;
   std::unique_ptr<asio::steady_timer> grace_timer_;

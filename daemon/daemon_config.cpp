@@ -39,6 +39,10 @@ std::optional<DaemonConfig> DaemonConfig::from_args(int argc, char** argv, int* 
   app.add_option("--write-timeout-ms", cfg.write_timeout_ms, "Drop clients that do not read for this long")->capture_default_str();
   app.add_option("--max-connections", cfg.max_connections, "Concurrent connections before 503")->capture_default_str();
   app.add_option("--io-workers", cfg.io_workers, "Threads for blocking work")->capture_default_str();
+  app.add_option("--threads", cfg.threads, "Compute threads on the CPU (0: one per core)")->capture_default_str();
+  app.add_option("--parallel", cfg.parallel, "Requests served at once per model (interleaved)")->capture_default_str();
+  app.add_option("--max-queue", cfg.max_queue, "Requests that may wait for the device before 503")->capture_default_str();
+  app.add_option("--max-loaded-models", cfg.max_loaded_models, "Models kept loaded at once")->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -92,6 +96,16 @@ void DaemonConfig::finalize() {
     fail(ErrorCode::invalid_argument, "--max-connections must be between 1 and 65536");
   }
   if (io_workers < 1 || io_workers > 64) fail(ErrorCode::invalid_argument, "--io-workers must be between 1 and 64");
+  if (threads > 1024) fail(ErrorCode::invalid_argument, "--threads must be at most 1024");
+  if (parallel < 1 || parallel > 64) fail(ErrorCode::invalid_argument, "--parallel must be between 1 and 64");
+  if (max_queue > 4096) fail(ErrorCode::invalid_argument, "--max-queue must be at most 4096");
+  if (max_loaded_models < 1 || max_loaded_models > 64) {
+    fail(ErrorCode::invalid_argument, "--max-loaded-models must be between 1 and 64");
+  }
+  if (device.rfind("cuda", 0) == 0) {
+    fail(ErrorCode::unsupported, "--device ", device, ": this gptqd runs models on the CPU only (the CUDA backend is "
+         "not built yet); use --device cpu or auto");
+  }
 }
 
 }  // namespace gptqd::daemon

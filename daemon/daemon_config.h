@@ -23,6 +23,10 @@ struct DaemonConfig {
   uint32_t write_timeout_ms = 30000;        // a client that does not read a response this long is dropped
   uint32_t max_connections = 128;           // beyond this, new connections get 503 at once
   uint32_t io_workers = 2;                  // threads for blocking work (imports, hashing)
+  uint32_t threads = 0;                     // compute threads on the CPU device; 0 = one per core
+  uint32_t parallel = 4;                    // requests interleaved per model
+  uint32_t max_queue = 16;                  // requests waiting for the device; beyond: 503
+  uint32_t max_loaded_models = 2;           // models kept loaded at once
 
   // Parses argv. Returns nullopt when the process should exit with `exit_code` (--help,
   // --version, a usage error already printed to stderr).

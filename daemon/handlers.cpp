@@ -8,6 +8,13 @@
 //   POST   /api/show         {"model"} -> ModelEntry with config and files
 //   DELETE /api/delete       {"model"} -> {"status", "model", "freed_bytes"}        (admin)
 //   POST   /api/pull         {"model": SOURCE, "name"?, "stream"?} -> NDJSON events   (admin)
+//   POST   /api/generate     Ollama generate (NDJSON stream or one object)
+//   POST   /api/chat         Ollama chat (NDJSON stream or one object)
+//   GET    /api/ps           models loaded on the device
+//   POST   /api/eval         perplexity job: {"model", "dataset", "seqlen", "max_windows"} -> NDJSON
+//   GET    /api/datasets     registered datasets
+//   POST   /api/datasets     {"name", "files": [abs paths]}                           (admin)
+//   POST   /v1/chat/completions, POST /v1/completions (SSE when "stream"), GET /v1/models
 #include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
 
 #include "daemon/handlers.h"
@@ -19,6 +26,7 @@
 #include <string_view>
 
 #include "daemon/async_util.h"
+#include "daemon/handler_support.h"
 #include "daemon/blob_store.h"
 #include "daemon/daemon.h"
 #include "daemon/importer.h"
@@ -35,75 +43,7 @@ using asio::awaitable;
 using nlohmann::json;
 using protocol::ModelEntry;
 using protocol::ModelRef;
-
-constexpr int kMaxJsonDepth = 64;
-
-http::status status_for(ErrorCode code) {
-  switch (code) {
-    case ErrorCode::invalid_argument:
-    case ErrorCode::invalid_model:
-    case ErrorCode::unsupported: return http::status::bad_request;
-    case ErrorCode::not_found: return http::status::not_found;
-    case ErrorCode::conflict: return http::status::conflict;
-    case ErrorCode::permission_denied: return http::status::forbidden;
-    case ErrorCode::no_space: return http::status::insufficient_storage;
-    case ErrorCode::cancelled: return http::status::service_unavailable;
-    case ErrorCode::io:
-    case ErrorCode::internal: return http::status::internal_server_error;
-  }
-  return http::status::internal_server_error;
-}
-
-json parse_body(const Request& req) {
-  if (req.body.empty()) fail(ErrorCode::invalid_argument, "request body is empty; expected a JSON object");
-  return engine::parse_json_strict(req.body, "request body", kMaxJsonDepth);
-}
-
-template <typename T>
-T parse_request(const Request& req) {
-  json body = parse_body(req);
-  try {
-    return T::from_json(body);
-  } catch (const protocol::RequestError& e) {
-    fail(ErrorCode::invalid_argument, e.what());
-  }
-}
-
-ModelRef parse_ref(const std::string& text) {
-  std::string why;
-  auto ref = protocol::parse_model_ref(text, &why);
-  if (!ref) fail(ErrorCode::invalid_argument, "invalid model name '", text, "': ", why);
-  return *ref;
-}
-
-ModelEntry to_entry(const RegistryTag& t, bool detailed) {
-  ModelEntry e;
-  e.name = t.name;
-  e.tag = t.tag;
-  e.is_default = t.is_default;
-  e.format = t.format;
-  e.architecture = t.architecture;
-  e.n_params = t.n_params;
-  e.dtype = t.dtype;
-  e.size_bytes = t.size_bytes;
-  e.source = t.source;
-  e.source_kind = t.source_kind;
-  e.digest = t.digest;
-  e.created_at = t.created_at;
-  if (detailed) {
-    e.config = json::parse(t.config_json, nullptr, /*allow_exceptions=*/false);
-    for (const auto& f : t.files) e.files.push_back(protocol::FileEntry{f.name, f.digest, f.size_bytes});
-  }
-  return e;
-}
-
-RegistryTag find_or_404(Daemon& d, const ModelRef& ref) {
-  auto t = d.registry().find(ref.name, ref.tag);
-  if (!t) {
-    fail(ErrorCode::not_found, "model '", ref.str(), "' not found; `gptqctl list` shows the models this daemon has");
-  }
-  return *t;
-}
+using namespace handlers;
 
 // ---- handlers ----------------------------------------------------------------------------------
 
@@ -328,6 +268,15 @@ constexpr Route kRoutes[] = {
     {http::verb::post, "/api/show", false, handle_show},
     {http::verb::delete_, "/api/delete", true, handle_delete},
     {http::verb::post, "/api/pull", true, handle_pull},
+    {http::verb::post, "/api/generate", false, handle_generate},
+    {http::verb::post, "/api/chat", false, handle_chat},
+    {http::verb::get, "/api/ps", false, handle_ps},
+    {http::verb::post, "/api/eval", false, handle_eval},
+    {http::verb::get, "/api/datasets", false, handle_dataset_list},
+    {http::verb::post, "/api/datasets", true, handle_dataset_add},
+    {http::verb::post, "/v1/chat/completions", false, handle_openai_chat},
+    {http::verb::post, "/v1/completions", false, handle_openai_completions},
+    {http::verb::get, "/v1/models", false, handle_openai_models},
 };
 
 awaitable<void> dispatch(Daemon& d, Request& req, ResponseWriter& w) {

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <climits>
 #include <cctype>
 #include <cstdlib>
 #include <cmath>
@@ -68,6 +69,109 @@ bool opt_bool(const json& j, const char* key, bool fallback) {
 
 void require_object(const json& j) {
   if (!j.is_object()) throw RequestError("request body must be a JSON object");
+}
+
+// Typed readers for request fields: a wrong type names the field and what was found.
+std::string type_name(const json& v) {
+  switch (v.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::object: return "an object";
+    case json::value_t::array: return "an array";
+    case json::value_t::string: return "a string";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned: return "an integer";
+    case json::value_t::number_float: return "a number";
+    default: return "something else";
+  }
+}
+
+[[noreturn]] void bad_type(const std::string& field, const char* want, const json& v) {
+  throw RequestError("\"" + field + "\" must be " + want + ", found " + type_name(v));
+}
+
+std::optional<double> opt_number(const json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  if (!it->is_number()) bad_type(where + key, "a number", *it);
+  double v = it->get<double>();
+  if (!std::isfinite(v)) throw RequestError("\"" + where + key + "\" must be finite");
+  return v;
+}
+
+std::optional<int64_t> opt_int(const json& j, const char* key, const std::string& where) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return std::nullopt;
+  if (it->is_number_unsigned()) {
+    if (it->get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) throw RequestError("\"" + where + key + "\" is too large");
+    return static_cast<int64_t>(it->get<uint64_t>());
+  }
+  if (it->is_number_integer()) return it->get<int64_t>();
+  if (it->is_number_float()) {
+    double v = it->get<double>();
+    if (std::isfinite(v) && v == std::floor(v) && std::abs(v) < 9.0e15) return static_cast<int64_t>(v);
+  }
+  bad_type(where + key, "an integer", *it);
+}
+
+std::vector<std::string> string_or_list(const json& v, const std::string& field) {
+  std::vector<std::string> out;
+  if (v.is_string()) {
+    out.push_back(v.get<std::string>());
+  } else if (v.is_array()) {
+    for (const auto& e : v) {
+      if (!e.is_string()) bad_type(field + "[]", "a string", e);
+      out.push_back(e.get<std::string>());
+    }
+  } else {
+    bad_type(field, "a string or a list of strings", v);
+  }
+  return out;
+}
+
+std::vector<ChatMessageJson> parse_messages(const json& j, const char* key) {
+  auto it = j.find(key);
+  if (it == j.end() || it->is_null()) throw RequestError(std::string("field \"") + key + "\" is required");
+  if (!it->is_array()) bad_type(key, "a list of messages", *it);
+  if (it->empty()) throw RequestError(std::string("\"") + key + "\" is empty; send at least one message");
+  std::vector<ChatMessageJson> out;
+  for (size_t i = 0; i < it->size(); ++i) {
+    const json& m = (*it)[i];
+    const std::string where = std::string(key) + "[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad_type(where, "an object with role and content", m);
+    ChatMessageJson msg;
+    auto role = m.find("role");
+    if (role == m.end() || !role->is_string()) throw RequestError("\"" + where + ".role\" must be a string");
+    msg.role = role->get<std::string>();
+    auto content = m.find("content");
+    if (content == m.end() || content->is_null()) {
+      msg.content.clear();
+    } else if (content->is_string()) {
+      msg.content = content->get<std::string>();
+    } else if (content->is_array()) {
+      // OpenAI content parts: text only.
+      for (const auto& part : *content) {
+        if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") || !part["text"].is_string()) {
+          throw RequestError("\"" + where + ".content\" parts must be {\"type\": \"text\", \"text\": ...}; "
+                             "images and other parts are not supported");
+        }
+        msg.content += part["text"].get<std::string>();
+      }
+    } else {
+      bad_type(where + ".content", "a string", *content);
+    }
+    if (m.contains("images") && !m["images"].is_null()) {
+      throw RequestError("\"" + where + ".images\": images are not supported by gptqd's text models");
+    }
+    out.push_back(std::move(msg));
+  }
+  return out;
+}
+
+json messages_to_json(const std::vector<ChatMessageJson>& messages) {
+  json out = json::array();
+  for (const auto& m : messages) out.push_back({{"role", m.role}, {"content", m.content}});
+  return out;
 }
 
 }  // namespace
@@ -157,6 +261,229 @@ ModelRequest ModelRequest::from_json(const json& j) {
 }
 
 json ModelRequest::to_json() const { return json{{"model", model}}; }
+
+GenOptions GenOptions::from_json(const json& j, const std::string& where) {
+  GenOptions o;
+  if (j.is_null()) return o;
+  if (!j.is_object()) bad_type(where.substr(0, where.size() - 1), "an object", j);
+  static const char* const kKnown[] = {"temperature", "top_k", "top_p", "min_p", "repeat_penalty", "repeat_last_n",
+                                       "presence_penalty", "frequency_penalty", "seed", "stop", "num_predict",
+                                       "num_ctx"};
+  // Ollama options that have no meaning here; accepted so existing clients keep working.
+  static const char* const kIgnored[] = {"num_thread", "num_gpu", "main_gpu", "num_batch", "num_keep", "mirostat",
+                                         "mirostat_eta", "mirostat_tau", "tfs_z", "typical_p", "penalize_newline",
+                                         "numa", "low_vram", "f16_kv", "use_mmap", "use_mlock", "vocab_only",
+                                         "logits_all", "embedding_only", "rope_frequency_base",
+                                         "rope_frequency_scale"};
+  for (const auto& [key, value] : j.items()) {
+    bool known = std::find(std::begin(kKnown), std::end(kKnown), key) != std::end(kKnown) ||
+                 std::find(std::begin(kIgnored), std::end(kIgnored), key) != std::end(kIgnored);
+    if (!known) throw RequestError("unknown option \"" + where + key + "\"");
+  }
+  o.temperature = opt_number(j, "temperature", where);
+  o.top_p = opt_number(j, "top_p", where);
+  o.min_p = opt_number(j, "min_p", where);
+  o.repeat_penalty = opt_number(j, "repeat_penalty", where);
+  o.presence_penalty = opt_number(j, "presence_penalty", where);
+  o.frequency_penalty = opt_number(j, "frequency_penalty", where);
+  o.top_k = opt_int(j, "top_k", where);
+  o.repeat_last_n = opt_int(j, "repeat_last_n", where);
+  o.num_predict = opt_int(j, "num_predict", where);
+  o.num_ctx = opt_int(j, "num_ctx", where);
+  if (auto seed = opt_int(j, "seed", where)) {
+    // Ollama uses -1 for "random"; any other negative value is an error.
+    if (*seed < -1) throw RequestError("\"" + where + "seed\" must be >= 0 (or -1 for random)");
+    if (*seed >= 0) o.seed = static_cast<uint64_t>(*seed);
+  }
+  if (auto it = j.find("stop"); it != j.end() && !it->is_null()) o.stop = string_or_list(*it, where + "stop");
+  return o;
+}
+
+json GenOptions::to_json() const {
+  json j = json::object();
+  auto put = [&](const char* k, const auto& v) {
+    if (v) j[k] = *v;
+  };
+  put("temperature", temperature);
+  put("top_p", top_p);
+  put("min_p", min_p);
+  put("repeat_penalty", repeat_penalty);
+  put("presence_penalty", presence_penalty);
+  put("frequency_penalty", frequency_penalty);
+  put("top_k", top_k);
+  put("repeat_last_n", repeat_last_n);
+  put("num_predict", num_predict);
+  put("num_ctx", num_ctx);
+  put("seed", seed);
+  put("stop", stop);
+  return j;
+}
+
+std::optional<int64_t> parse_keep_alive(const json& j) {
+  if (j.is_null()) return std::nullopt;
+  if (j.is_number()) {
+    double v = j.get<double>();
+    if (!std::isfinite(v)) throw RequestError("\"keep_alive\" must be finite");
+    return v < 0 ? -1 : static_cast<int64_t>(v);
+  }
+  if (!j.is_string()) bad_type("keep_alive", "a duration such as \"5m\" or a number of seconds", j);
+  const std::string s = j.get<std::string>();
+  if (s.empty()) return std::nullopt;
+  if (s[0] == '-') return -1;
+  // Go-style durations: a sequence of <number><unit> with units h, m, s, ms; a bare number is seconds.
+  int64_t total_ms = 0;
+  size_t i = 0;
+  bool any = false;
+  while (i < s.size()) {
+    size_t start = i;
+    while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
+    if (start == i) throw RequestError("\"keep_alive\" is not a duration: '" + s + "'");
+    double v = std::stod(s.substr(start, i - start));
+    std::string unit;
+    while (i < s.size() && std::isalpha(static_cast<unsigned char>(s[i]))) unit += s[i++];
+    double ms;
+    if (unit.empty() || unit == "s") ms = v * 1000;
+    else if (unit == "ms") ms = v;
+    else if (unit == "m") ms = v * 60000;
+    else if (unit == "h") ms = v * 3600000;
+    else throw RequestError("\"keep_alive\" has an unknown unit '" + unit + "' (use h, m, s or ms)");
+    if (ms > 1e15) throw RequestError("\"keep_alive\" is too long");
+    total_ms += static_cast<int64_t>(ms);
+    any = true;
+  }
+  if (!any) throw RequestError("\"keep_alive\" is not a duration: '" + s + "'");
+  return total_ms / 1000;
+}
+
+GenerateRequest GenerateRequest::from_json(const json& j) {
+  require_object(j);
+  GenerateRequest r;
+  r.model = opt_string(j, "model");
+  if (r.model.empty()) throw RequestError("field \"model\" is required");
+  r.prompt = opt_string(j, "prompt");
+  r.system = opt_string(j, "system");
+  r.raw = opt_bool(j, "raw", false);
+  r.stream = opt_bool(j, "stream", true);
+  if (auto it = j.find("keep_alive"); it != j.end()) r.keep_alive = parse_keep_alive(*it);
+  if (auto it = j.find("options"); it != j.end()) r.options = GenOptions::from_json(*it, "options.");
+  if (j.contains("images") && !j["images"].is_null()) throw RequestError("\"images\" are not supported by gptqd's text models");
+  if (j.contains("format") && !j["format"].is_null() && !(j["format"].is_string() && j["format"].get<std::string>().empty())) {
+    throw RequestError("\"format\" (structured output) is not supported yet");
+  }
+  if (j.contains("template") && j["template"].is_string() && !j["template"].get<std::string>().empty()) {
+    throw RequestError("custom \"template\" strings are not supported; gptqd uses the model's own chat template");
+  }
+  return r;
+}
+
+json GenerateRequest::to_json() const {
+  json j = {{"model", model}, {"prompt", prompt}, {"stream", stream}, {"options", options.to_json()}};
+  if (!system.empty()) j["system"] = system;
+  if (raw) j["raw"] = true;
+  if (keep_alive) j["keep_alive"] = *keep_alive;
+  return j;
+}
+
+ChatRequest ChatRequest::from_json(const json& j) {
+  require_object(j);
+  ChatRequest r;
+  r.model = opt_string(j, "model");
+  if (r.model.empty()) throw RequestError("field \"model\" is required");
+  r.messages = parse_messages(j, "messages");
+  r.stream = opt_bool(j, "stream", true);
+  if (auto it = j.find("keep_alive"); it != j.end()) r.keep_alive = parse_keep_alive(*it);
+  if (auto it = j.find("options"); it != j.end()) r.options = GenOptions::from_json(*it, "options.");
+  if (j.contains("tools") && !j["tools"].is_null() && !(j["tools"].is_array() && j["tools"].empty())) {
+    throw RequestError("\"tools\" (function calling) is not supported yet");
+  }
+  if (j.contains("format") && !j["format"].is_null() && !(j["format"].is_string() && j["format"].get<std::string>().empty())) {
+    throw RequestError("\"format\" (structured output) is not supported yet");
+  }
+  return r;
+}
+
+json ChatRequest::to_json() const {
+  json j = {{"model", model}, {"messages", messages_to_json(messages)}, {"stream", stream}, {"options", options.to_json()}};
+  if (keep_alive) j["keep_alive"] = *keep_alive;
+  return j;
+}
+
+OpenAiRequest OpenAiRequest::from_json(const json& j, bool chat) {
+  require_object(j);
+  OpenAiRequest r;
+  r.chat = chat;
+  r.model = opt_string(j, "model");
+  if (r.model.empty()) throw RequestError("field \"model\" is required");
+  if (chat) {
+    r.messages = parse_messages(j, "messages");
+  } else {
+    auto it = j.find("prompt");
+    if (it == j.end() || it->is_null()) throw RequestError("field \"prompt\" is required");
+    auto parts = string_or_list(*it, "prompt");
+    if (parts.size() != 1) throw RequestError("\"prompt\" must be one string (batches of prompts are not supported)");
+    r.prompt = parts.front();
+  }
+  r.stream = opt_bool(j, "stream", false);
+  if (auto n = opt_int(j, "n", ""); n && *n != 1) throw RequestError("\"n\" must be 1 (several choices are not supported)");
+  std::optional<int64_t> max_tokens = opt_int(j, "max_completion_tokens", "");
+  if (!max_tokens) max_tokens = opt_int(j, "max_tokens", "");
+  if (max_tokens && *max_tokens < 0) throw RequestError("\"max_tokens\" must be >= 0, not " + std::to_string(*max_tokens));
+  r.options.num_predict = max_tokens;
+  // OpenAI's defaults, not Ollama's: temperature 1, top_p 1, no top-k, no repetition penalty.
+  r.options.temperature = opt_number(j, "temperature", "").value_or(1.0);
+  if (*r.options.temperature < 0 || *r.options.temperature > 2) {
+    throw RequestError("\"temperature\" must be between 0 and 2");
+  }
+  r.options.top_p = opt_number(j, "top_p", "").value_or(1.0);
+  r.options.top_k = 0;
+  r.options.presence_penalty = opt_number(j, "presence_penalty", "");
+  r.options.frequency_penalty = opt_number(j, "frequency_penalty", "");
+  // OpenAI applies no repetition penalty beyond these two.
+  r.options.repeat_penalty = 1.0;
+  if (auto seed = opt_int(j, "seed", "")) {
+    if (*seed < 0) throw RequestError("\"seed\" must be >= 0");
+    r.options.seed = static_cast<uint64_t>(*seed);
+  }
+  if (auto it = j.find("stop"); it != j.end() && !it->is_null()) r.options.stop = string_or_list(*it, "stop");
+  if (j.contains("tools") && !j["tools"].is_null() && !(j["tools"].is_array() && j["tools"].empty())) {
+    throw RequestError("\"tools\" (function calling) is not supported yet");
+  }
+  if (j.contains("logprobs") && j["logprobs"].is_boolean() && j["logprobs"].get<bool>()) {
+    throw RequestError("\"logprobs\" is not supported yet");
+  }
+  return r;
+}
+
+EvalRequest EvalRequest::from_json(const json& j) {
+  require_object(j);
+  EvalRequest r;
+  r.model = opt_string(j, "model");
+  if (r.model.empty()) throw RequestError("field \"model\" is required");
+  if (auto d = opt_string(j, "dataset"); !d.empty()) r.dataset = d;
+  if (auto v = opt_int(j, "seqlen", "")) r.seqlen = *v;
+  if (auto v = opt_int(j, "max_windows", "")) r.max_windows = *v;
+  if (r.seqlen < 2 || r.seqlen > (1 << 20)) throw RequestError("\"seqlen\" must be between 2 and 1048576");
+  if (r.max_windows < 0) throw RequestError("\"max_windows\" must be >= 0 (0: all windows)");
+  r.stream = opt_bool(j, "stream", true);
+  return r;
+}
+
+json EvalRequest::to_json() const {
+  return json{{"model", model}, {"dataset", dataset}, {"seqlen", seqlen}, {"max_windows", max_windows}, {"stream", stream}};
+}
+
+DatasetAddRequest DatasetAddRequest::from_json(const json& j) {
+  require_object(j);
+  DatasetAddRequest r;
+  r.name = opt_string(j, "name");
+  if (r.name.empty()) throw RequestError("field \"name\" is required");
+  auto it = j.find("files");
+  if (it == j.end() || !it->is_array() || it->empty()) throw RequestError("field \"files\" must be a non-empty list of paths");
+  r.files = string_or_list(*it, "files");
+  return r;
+}
+
+json DatasetAddRequest::to_json() const { return json{{"name", name}, {"files", files}}; }
 
 std::string rfc3339_utc(int64_t unix_seconds) {
   std::time_t t = static_cast<std::time_t>(unix_seconds);

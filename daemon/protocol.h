@@ -73,6 +73,81 @@ struct ModelRequest {
   nlohmann::json to_json() const;
 };
 
+// Ollama's "options" object. Unset fields take the engine's defaults. Ollama options gptqd does
+// not implement but that clients send routinely (num_thread, num_gpu, mirostat, ...) are
+// accepted and ignored; any other unknown key is an error naming it.
+struct GenOptions {
+  std::optional<double> temperature, top_p, min_p, repeat_penalty, presence_penalty, frequency_penalty;
+  std::optional<int64_t> top_k, repeat_last_n, num_predict, num_ctx;
+  std::optional<uint64_t> seed;
+  std::optional<std::vector<std::string>> stop;
+  static GenOptions from_json(const nlohmann::json& j, const std::string& where);
+  nlohmann::json to_json() const;
+};
+
+// keep_alive: seconds as a number, or a duration string ("5m", "1h30m", "45s", "0", "-1");
+// negative = keep loaded forever. nullopt when absent.
+std::optional<int64_t> parse_keep_alive(const nlohmann::json& j);
+
+struct ChatMessageJson {
+  std::string role;
+  std::string content;
+};
+
+// POST /api/generate
+struct GenerateRequest {
+  std::string model;
+  std::string prompt;
+  std::string system;
+  bool raw = false;
+  bool stream = true;
+  std::optional<int64_t> keep_alive;
+  GenOptions options;
+  static GenerateRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// POST /api/chat
+struct ChatRequest {
+  std::string model;
+  std::vector<ChatMessageJson> messages;
+  bool stream = true;
+  std::optional<int64_t> keep_alive;
+  GenOptions options;
+  static ChatRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// POST /v1/chat/completions and POST /v1/completions (OpenAI shapes; n must be 1).
+struct OpenAiRequest {
+  bool chat = true;
+  std::string model;
+  std::vector<ChatMessageJson> messages;  // chat
+  std::string prompt;                     // completions
+  bool stream = false;
+  GenOptions options;                     // max_tokens -> num_predict, temperature, top_p, stop, seed, penalties
+  static OpenAiRequest from_json(const nlohmann::json& j, bool chat);
+};
+
+// POST /api/eval: perplexity of a model on a dataset (registered NAME, or an absolute file path).
+struct EvalRequest {
+  std::string model;
+  std::string dataset = "wikitext2";
+  int64_t seqlen = 2048;
+  int64_t max_windows = 0;                // 0: all windows
+  bool stream = true;
+  static EvalRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
+// POST /api/datasets: register text files (plain text, or JSONL with a "text" field) as NAME.
+struct DatasetAddRequest {
+  std::string name;
+  std::vector<std::string> files;         // absolute paths
+  static DatasetAddRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
 // ---- responses -------------------------------------------------------------------------------
 struct FileEntry {
   std::string name;       // file name inside the model folder

@@ -59,6 +59,22 @@ CREATE TABLE jobs (
   updated_at   INTEGER NOT NULL
 );
 )sql",
+    // v2: datasets for evaluation and calibration.
+    R"sql(
+CREATE TABLE datasets (
+  id          INTEGER PRIMARY KEY,
+  name        TEXT NOT NULL UNIQUE,
+  created_at  INTEGER NOT NULL
+);
+CREATE TABLE dataset_files (
+  dataset_id  INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+  position    INTEGER NOT NULL,
+  name        TEXT NOT NULL,
+  digest      TEXT NOT NULL REFERENCES blobs(digest),
+  PRIMARY KEY (dataset_id, position)
+);
+CREATE INDEX dataset_files_by_digest ON dataset_files(digest);
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 static_assert(kNumMigrations == Registry::kSchemaVersion);
@@ -341,7 +357,7 @@ std::vector<std::string> Registry::remove(const std::string& name, const std::st
   }
   std::vector<std::string> unreferenced;
   for (const auto& digest : candidates) {
-    Stmt s(db_, "SELECT 1 FROM files WHERE digest = ? LIMIT 1");
+    Stmt s(db_, "SELECT 1 FROM files WHERE digest = ?1 UNION ALL SELECT 1 FROM dataset_files WHERE digest = ?1 LIMIT 1");
     s.bind(1, digest);
     if (!s.step()) {
       Stmt(db_, "DELETE FROM blobs WHERE digest = ?").bind(1, digest).run();
@@ -356,6 +372,54 @@ std::set<std::string> Registry::blob_digests() {
   std::set<std::string> out;
   Stmt s(db_, "SELECT digest FROM blobs");
   while (s.step()) out.insert(s.text(0));
+  return out;
+}
+
+void Registry::add_dataset(const std::string& name, const std::vector<RegistryFile>& files) {
+  Transaction tx(db_);
+  const int64_t now = now_s();
+  {
+    Stmt s(db_, "SELECT 1 FROM datasets WHERE name = ?");
+    s.bind(1, name);
+    if (s.step()) fail(ErrorCode::conflict, "dataset ", name, " already exists");
+  }
+  Stmt(db_, "INSERT INTO datasets(name, created_at) VALUES (?, ?)").bind(1, name).bind(2, now).run();
+  const int64_t id = sqlite3_last_insert_rowid(db_);
+  int64_t position = 0;
+  for (const auto& f : files) {
+    Stmt(db_, "INSERT OR IGNORE INTO blobs(digest, size_bytes, created_at) VALUES (?, ?, ?)")
+        .bind(1, f.digest).bind(2, static_cast<int64_t>(f.size_bytes)).bind(3, now).run();
+    Stmt(db_, "INSERT INTO dataset_files(dataset_id, position, name, digest) VALUES (?, ?, ?, ?)")
+        .bind(1, id).bind(2, position++).bind(3, f.name).bind(4, f.digest).run();
+  }
+  tx.commit();
+}
+
+std::optional<RegistryDataset> Registry::find_dataset(const std::string& name) {
+  RegistryDataset d;
+  {
+    Stmt s(db_, "SELECT id, name, created_at FROM datasets WHERE name = ?");
+    s.bind(1, name);
+    if (!s.step()) return std::nullopt;
+    d.id = s.i64(0);
+    d.name = s.text(1);
+    d.created_at = s.i64(2);
+  }
+  Stmt s(db_, "SELECT f.name, f.digest, b.size_bytes FROM dataset_files f JOIN blobs b ON b.digest = f.digest "
+              "WHERE f.dataset_id = ? ORDER BY f.position");
+  s.bind(1, d.id);
+  while (s.step()) d.files.push_back(RegistryFile{s.text(0), s.text(1), static_cast<uint64_t>(s.i64(2))});
+  return d;
+}
+
+std::vector<RegistryDataset> Registry::datasets() {
+  std::vector<std::string> names;
+  {
+    Stmt s(db_, "SELECT name FROM datasets ORDER BY name");
+    while (s.step()) names.push_back(s.text(0));
+  }
+  std::vector<RegistryDataset> out;
+  for (const auto& n : names) out.push_back(*find_dataset(n));
   return out;
 }
 

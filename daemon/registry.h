@@ -54,9 +54,16 @@ struct RegistryJob {
   int64_t updated_at = 0;
 };
 
+struct RegistryDataset {
+  int64_t id = 0;
+  std::string name;
+  int64_t created_at = 0;
+  std::vector<RegistryFile> files;  // in the order they were added
+};
+
 class Registry {
  public:
-  static constexpr int kSchemaVersion = 1;
+  static constexpr int kSchemaVersion = 2;
 
   // Opens (creating if needed) and migrates the database. Refuses, with Error(io), a database
   // from a newer gptqd or one that fails its integrity check; never recreates or deletes it.
@@ -81,6 +88,11 @@ class Registry {
   std::vector<std::string> remove(const std::string& name, const std::string& tag);
 
   std::set<std::string> blob_digests();
+
+  // Datasets (text files for evaluation and calibration). Error(conflict) when NAME exists.
+  void add_dataset(const std::string& name, const std::vector<RegistryFile>& files);
+  std::optional<RegistryDataset> find_dataset(const std::string& name);
+  std::vector<RegistryDataset> datasets();
 
   int64_t add_job(const std::string& kind, const std::string& target, const std::string& params_json);
   void finish_job(int64_t id, const std::string& state, const std::string& error);

@@ -15,6 +15,7 @@ std::string_view to_string(ErrorCode code) noexcept {
     case ErrorCode::no_space: return "no_space";
     case ErrorCode::permission_denied: return "permission_denied";
     case ErrorCode::cancelled: return "cancelled";
+    case ErrorCode::busy: return "busy";
     case ErrorCode::internal: return "internal";
   }
   return "unknown";

@@ -21,6 +21,7 @@ enum class ErrorCode {
   no_space,           // ENOSPC or a pre-check found too little free space
   permission_denied,  // the caller may not do this
   cancelled,          // the caller or shutdown cancelled the work
+  busy,               // a queue or limit is full right now; retrying later may work
   internal,           // a bug: an invariant did not hold
 };
 

@@ -115,7 +115,7 @@ TEST(ModelSource, TinyDenseFolder) {
   EXPECT_EQ(info.dtype, "F16");
   EXPECT_EQ(info.suggested_tag, "fp16");
   EXPECT_EQ(info.n_params, tiny_n_params({}));
-  EXPECT_EQ(info.n_params, 22688u);  // the formula at the default TinyShape, worked by hand
+  EXPECT_EQ(info.n_params, 36000u);  // the formula at the default TinyShape (vocab 272), worked by hand
   EXPECT_EQ(file_names(info), (std::vector<std::string>{"config.json", "model.safetensors", "tokenizer.json",
                                                         "tokenizer_config.json"}));
   for (const auto& f : info.files) {

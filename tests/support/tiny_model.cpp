@@ -77,18 +77,6 @@ void write_json(const fs::path& p, const json& j) {
   if (!out) throw std::runtime_error("cannot write " + p.string());
 }
 
-json tiny_tokenizer_json(int64_t vocab) {
-  json v = json::object();
-  v["<unk>"] = 0;
-  v["<s>"] = 1;
-  v["</s>"] = 2;
-  for (int64_t i = 3; i < vocab; ++i) v["t" + std::to_string(i)] = i;
-  return json{{"version", "1.0"},
-              {"added_tokens", json::array({json{{"id", 1}, {"content", "<s>"}, {"special", true}},
-                                            json{{"id", 2}, {"content", "</s>"}, {"special", true}}})},
-              {"model", {{"type", "BPE"}, {"vocab", v}, {"merges", json::array()}}}};
-}
-
 // ---- GGUF byte builder ----
 struct GgufBytes {
   std::vector<uint8_t> b;
@@ -106,6 +94,10 @@ struct GgufBytes {
   void kv_u32(const std::string& k, uint32_t v) { str(k), u32(4), u32(v); }
   void kv_f32(const std::string& k, float v) { str(k), u32(6), f32(v); }
   void kv_str(const std::string& k, const std::string& v) { str(k), u32(8), str(v); }
+  void kv_i32_array(const std::string& k, const std::vector<int32_t>& v) {
+    str(k), u32(9), u32(5), u64(v.size());
+    for (int32_t x : v) raw(&x, 4);
+  }
   void kv_str_array(const std::string& k, const std::vector<std::string>& v) {
     str(k), u32(9), u32(8), u64(v.size());
     for (const auto& s : v) str(s);
@@ -115,7 +107,58 @@ struct GgufBytes {
   }
 };
 
+std::vector<std::string> tiny_pieces(int64_t vocab) {
+  std::vector<std::string> pieces;
+  for (int b = 0; b < 256; ++b) pieces.push_back(byte_to_unicode(static_cast<unsigned char>(b)));
+  for (const char* p : {"<s>", "</s>", "he", "\xc4\xa0t", "\xc4\xa0the"}) pieces.emplace_back(p);
+  for (int64_t i = static_cast<int64_t>(pieces.size()); i < vocab; ++i) pieces.push_back("<filler" + std::to_string(i) + ">");
+  return pieces;
+}
+const std::vector<std::string> kTinyMerges = {"h e", "\xc4\xa0 t", "\xc4\xa0t he"};
+
 }  // namespace
+
+std::string byte_to_unicode(unsigned char b) {
+  // Printable Latin-1 bytes map to themselves; the rest to U+0100.. in byte order.
+  auto printable = [](int c) { return (c >= '!' && c <= '~') || (c >= 0xa1 && c <= 0xac) || (c >= 0xae && c <= 0xff); };
+  int cp = b;
+  if (!printable(b)) {
+    int n = 0;
+    for (int c = 0; c < b; ++c) n += printable(c) ? 0 : 1;
+    cp = 256 + n;
+  }
+  std::string out;
+  if (cp < 0x80) {
+    out += static_cast<char>(cp);
+  } else {
+    out += static_cast<char>(0xc0 | (cp >> 6));
+    out += static_cast<char>(0x80 | (cp & 0x3f));
+  }
+  return out;
+}
+
+json tiny_tokenizer_json(int64_t vocab) {
+  json v = json::object();
+  std::vector<std::string> pieces = tiny_pieces(vocab);
+  for (size_t i = 0; i < pieces.size(); ++i) v[pieces[i]] = i;
+  json added = json::array();
+  for (int64_t id : {kTinyBos, kTinyEos}) {
+    added.push_back(json{{"id", id}, {"content", pieces[static_cast<size_t>(id)]}, {"single_word", false},
+                         {"lstrip", false}, {"rstrip", false}, {"normalized", false}, {"special", true}});
+  }
+  return json{{"version", "1.0"},
+              {"truncation", nullptr},
+              {"padding", nullptr},
+              {"added_tokens", added},
+              {"normalizer", nullptr},
+              {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true}, {"use_regex", true}}},
+              {"post_processor", nullptr},
+              {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true}, {"trim_offsets", true}, {"use_regex", true}}},
+              {"model",
+               {{"type", "BPE"}, {"dropout", nullptr}, {"unk_token", nullptr}, {"continuing_subword_prefix", nullptr},
+                {"end_of_word_suffix", nullptr}, {"fuse_unk", false}, {"byte_fallback", false}, {"vocab", v},
+                {"merges", kTinyMerges}}}};
+}
 
 json tiny_hf_config(const TinyShape& s) {
   return json{{"architectures", json::array({"LlamaForCausalLM"})},
@@ -132,8 +175,8 @@ json tiny_hf_config(const TinyShape& s) {
               {"rope_theta", 10000.0},
               {"tie_word_embeddings", false},
               {"hidden_act", "silu"},
-              {"bos_token_id", 1},
-              {"eos_token_id", 2},
+              {"bos_token_id", kTinyBos},
+              {"eos_token_id", kTinyEos},
               {"torch_dtype", "float16"}};
 }
 
@@ -143,9 +186,13 @@ void write_tiny_hf_model(const fs::path& dir, const TinyHfOptions& o) {
   std::mt19937 rng(o.seed);
   std::vector<HostTensor> t;
   const int64_t H = s.hidden, Q = s.n_heads * s.head_dim, KV = s.n_kv_heads * s.head_dim, I = s.intermediate;
-  t.push_back(f16_tensor(rng, "model.embed_tokens.weight", {s.vocab, H}, 0.02f));
-  t.push_back(ones_f16("model.norm.weight", H));
-  t.push_back(f16_tensor(rng, "lm_head.weight", {s.vocab, H}, 0.02f));
+  t.push_back(f16_tensor(rng, "model.embed_tokens.weight", {s.vocab, H}, 0.5f));
+  t.push_back(f16_tensor(rng, "model.norm.weight", {H}, 0.1f));
+  for (size_t i = 0; i < static_cast<size_t>(H); ++i) {  // norms near 1, not exactly 1
+    auto* h = reinterpret_cast<uint16_t*>(t.back().data.data());
+    h[i] = kernels::cpu::f32_to_f16(1.0f + kernels::cpu::f16_to_f32(h[i]));
+  }
+  if (!o.tie_embeddings) t.push_back(f16_tensor(rng, "lm_head.weight", {s.vocab, H}, 0.1f));
   for (int64_t i = 0; i < s.n_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
     t.push_back(ones_f16(p + "input_layernorm.weight", H));
@@ -158,11 +205,22 @@ void write_tiny_hf_model(const fs::path& dir, const TinyHfOptions& o) {
                 {"mlp.down_proj", I, H}};
     for (const auto& l : lins) {
       if (o.gptq) add_gptq_linear(t, rng, p + l.name, l.in, l.out);
-      else t.push_back(f16_tensor(rng, p + l.name + ".weight", {l.out, l.in}, 0.05f));
+      else t.push_back(f16_tensor(rng, p + l.name + ".weight", {l.out, l.in}, 0.2f));
+      if (o.family == "qwen2" && l.name[10] != 'o' && std::string(l.name).rfind("self_attn", 0) == 0) {
+        t.push_back(f16_tensor(rng, p + l.name + ".bias", {l.out}, 0.1f));
+      }
     }
   }
 
   json config = tiny_hf_config(s);
+  if (o.family != "llama") config["model_type"] = o.family;
+  if (o.family == "qwen2") config["architectures"] = json::array({"Qwen2ForCausalLM"});
+  config["tie_word_embeddings"] = o.tie_embeddings;
+  if (o.llama3_rope) {
+    config["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0},
+                              {"high_freq_factor", 4.0}, {"original_max_position_embeddings", 32}};
+    config["rope_theta"] = 500000.0;
+  }
   if (o.gptq) {
     json q = {{"bits", 4},          {"group_size", 16},          {"damp_percent", 0.01}, {"desc_act", false},
               {"static_groups", false}, {"sym", true},           {"true_sequential", true},
@@ -224,14 +282,13 @@ void write_tiny_gguf(const fs::path& path, const TinyShape& s, uint32_t seed) {
     add(p + "ffn_up.weight", {H, I}, 0.05f);
     add(p + "ffn_down.weight", {I, H}, 0.05f);
   }
-  std::vector<std::string> vocab = {"<unk>", "<s>", "</s>"};
-  for (int64_t i = 3; i < s.vocab; ++i) vocab.push_back("t" + std::to_string(i));
+  const std::vector<std::string> vocab = tiny_pieces(s.vocab);
 
   GgufBytes g;
   g.u32(0x46554747);  // "GGUF"
   g.u32(3);
   g.u64(tensors.size());
-  g.u64(12);
+  g.u64(17);
   g.kv_str("general.architecture", "llama");
   g.kv_str("general.name", "tiny");
   g.kv_u32("llama.block_count", static_cast<uint32_t>(s.n_layers));
@@ -243,7 +300,14 @@ void write_tiny_gguf(const fs::path& path, const TinyShape& s, uint32_t seed) {
   g.kv_f32("llama.rope.freq_base", 10000.0f);
   g.kv_f32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
   g.kv_str("tokenizer.ggml.model", "gpt2");
+  g.kv_str("tokenizer.ggml.pre", "default");
   g.kv_str_array("tokenizer.ggml.tokens", vocab);
+  g.kv_str_array("tokenizer.ggml.merges", kTinyMerges);
+  std::vector<int32_t> types(vocab.size(), 1);  // normal
+  types[kTinyBos] = types[kTinyEos] = 3;         // control
+  g.kv_i32_array("tokenizer.ggml.token_type", types);
+  g.kv_u32("tokenizer.ggml.bos_token_id", static_cast<uint32_t>(kTinyBos));
+  g.kv_u32("tokenizer.ggml.eos_token_id", static_cast<uint32_t>(kTinyEos));
   uint64_t offset = 0;
   for (const auto& t : tensors) {
     g.str(t.name);

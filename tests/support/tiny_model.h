@@ -10,8 +10,13 @@
 
 namespace gptqd::test {
 
+// The tiny tokenizer is GPT-2 byte-level BPE: ids 0-255 are the bytes, 256 "<s>" (BOS),
+// 257 "</s>" (EOS), 258 "he", 259 "Ġt", 260 "Ġthe", then filler pieces up to `vocab`.
+constexpr int64_t kTinyBos = 256;
+constexpr int64_t kTinyEos = 257;
+
 struct TinyShape {
-  int64_t vocab = 64;
+  int64_t vocab = 272;
   int64_t hidden = 32;
   int64_t intermediate = 64;
   int64_t n_layers = 2;
@@ -24,8 +29,16 @@ struct TinyShape {
 // config.json of the tiny model (model_type llama, fp16).
 nlohmann::json tiny_hf_config(const TinyShape& s = {});
 
+// The tokenizer.json text of the tiny model (valid for the `tokenizers` package).
+nlohmann::json tiny_tokenizer_json(int64_t vocab);
+// GPT-2's byte -> printable code point map, as UTF-8 strings ("Ġ" for ' ').
+std::string byte_to_unicode(unsigned char b);
+
 struct TinyHfOptions {
   TinyShape shape;
+  std::string family = "llama";  // "qwen2": model_type qwen2 with q/k/v biases
+  bool tie_embeddings = false;   // no lm_head.weight; the embeddings are the output layer
+  bool llama3_rope = false;      // rope_scaling {"rope_type": "llama3", factor 8, ...}
   bool gptq = false;          // linears as GPTQ 4-bit, group size 16 (+ quantize_config.json)
   int n_shards = 1;           // > 1: model-0000i-of-0000n.safetensors + index
   uint32_t seed = 1;          // changes the weights (and so the digests)

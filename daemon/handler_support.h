@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: Apache-2.0
+// What every handler shares: request parsing, model lookup, error-to-status mapping, and the
+// handlers defined outside handlers.cpp (daemon layer). The route table stays in handlers.cpp.
+#pragma once
+
+#include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
+
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "daemon/device_worker.h"
+#include "daemon/http_server.h"
+#include "daemon/protocol.h"
+#include "daemon/registry.h"
+#include "engine/error.h"
+
+namespace gptqd::daemon {
+
+class Daemon;
+
+namespace handlers {
+
+http::status status_for(ErrorCode code);
+
+// The strict JSON body of a request (Error(invalid_argument) naming what is wrong).
+nlohmann::json parse_body(const Request& req);
+
+// T::from_json on the body; RequestError becomes Error(invalid_argument).
+template <typename T>
+T parse_request(const Request& req) {
+  nlohmann::json body = parse_body(req);
+  try {
+    return T::from_json(body);
+  } catch (const protocol::RequestError& e) {
+    fail(ErrorCode::invalid_argument, e.what());
+  }
+}
+
+protocol::ModelRef parse_ref(const std::string& text);
+protocol::ModelEntry to_entry(const RegistryTag& t, bool detailed);
+RegistryTag find_or_404(Daemon& d, const protocol::ModelRef& ref);
+// The registry entry resolved to blob paths, for the device worker.
+ModelHandle model_handle(Daemon& d, const RegistryTag& t);
+
+// Generation, evaluation and datasets (generate_handlers.cpp).
+boost::asio::awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_chat(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_openai_chat(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_openai_completions(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_openai_models(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_ps(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_eval(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_dataset_add(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_dataset_list(Daemon& d, Request& req, ResponseWriter& w);
+
+}  // namespace handlers
+}  // namespace gptqd::daemon

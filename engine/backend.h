@@ -1,0 +1,50 @@
+// SPDX-License-Identifier: Apache-2.0
+// Backend: the ~6 operations the Llama forward pass needs, chosen once at load (engine layer).
+// The model code calls these and never asks which device it runs on. This issue builds the CPU
+// backend (fp32, BLAS for the matmuls, threads for the rest); CUDA comes later.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace gptqd::engine {
+
+// A dense weight matrix W [rows, cols] row-major fp32: y = x W^T maps cols inputs to rows outputs.
+struct DenseMatrix {
+  int64_t rows = 0;
+  int64_t cols = 0;
+  std::vector<float> data;
+  bool empty() const { return data.empty(); }
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual int n_threads() const = 0;
+
+  // y [n, w.rows] = x [n, w.cols] · W^T
+  virtual void matmul(const DenseMatrix& w, const float* x, int64_t n, float* y) = 0;
+  // y [n, dim] = rms_norm(x [n, dim]) * weight [dim]
+  virtual void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* y) = 0;
+  // RoPE on the first n_heads heads of every row of x [n, row_stride]; inv_freq [head_dim/2].
+  virtual void rope(float* x, int64_t n, int64_t row_stride, int64_t n_heads, int64_t head_dim,
+                    const int32_t* positions, const float* inv_freq) = 0;
+  // Causal GQA attention of q [n, q_stride] (positions pos0..) over the caches
+  // [pos0 + n, kv_stride] into out [n, n_heads * head_dim].
+  virtual void attention(const float* q, int64_t q_stride, const float* k_cache, const float* v_cache,
+                         int64_t kv_stride, int64_t n, int64_t pos0, int64_t n_heads, int64_t n_kv_heads,
+                         int64_t head_dim, float* out) = 0;
+  // out [n, I] = silu(gate_up[:, :I]) * gate_up[:, I:]
+  virtual void silu_mul(const float* gate_up, int64_t n, int64_t I, float* out) = 0;
+  // x [count] += y [count]
+  virtual void add(float* x, const float* y, int64_t count) = 0;
+};
+
+// "cpu" (or "auto" without a GPU backend). n_threads <= 0: one per hardware thread.
+// Error(unsupported) for devices this build cannot drive.
+std::unique_ptr<Backend> make_backend(const std::string& device, int n_threads);
+
+}  // namespace gptqd::engine

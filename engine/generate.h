@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: Apache-2.0
+// Generation: prefill the prompt, then sample token by token until EOS, a stop string, the
+// token limit or the end of the context, streaming text through a callback that says "keep
+// going" (engine layer). Step-wise, so a scheduler can interleave several requests.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "engine/llama_model.h"
+#include "engine/sampler.h"
+
+namespace gptqd::engine {
+
+struct GenerateOptions {
+  SamplingOptions sampling;
+  int64_t max_tokens = -1;            // num_predict: -1 = until EOS, a stop string or a full context
+  std::vector<std::string> stop;      // stop strings, matched across token boundaries, never emitted
+
+  void validate() const;              // Error(invalid_argument) naming the option
+};
+
+struct GenerateStats {
+  int64_t n_prompt = 0;               // prompt tokens
+  int64_t n_prompt_cached = 0;        // of which reused from the session's cache
+  int64_t n_generated = 0;
+  double prompt_ms = 0;               // prefill time
+  double decode_ms = 0;               // time spent generating after the prefill
+  std::string done_reason;            // "stop" (EOS or stop string), "length", "cancelled"
+  std::vector<int32_t> tokens;        // the generated ids (EOS not included)
+};
+
+// Receives generated text (always whole UTF-8 characters); returns false to cancel.
+using OnPiece = std::function<bool(std::string_view text)>;
+
+class Generator {
+ public:
+  // The session keeps its cache across requests: the longest common prefix of its tokens and
+  // `prompt` is reused, the rest recomputed. Error(invalid_argument) when the prompt does not fit
+  // the session's context (the caller decides whether to truncate) or is empty.
+  Generator(const LlamaModel& model, Session& session, std::vector<int32_t> prompt, GenerateOptions options,
+            OnPiece on_piece);
+
+  // One unit of work: the whole prompt on the first call, one token after. False once done.
+  bool step();
+  bool done() const { return done_; }
+  // Stops at the next step with done_reason "cancelled".
+  void cancel() { cancelled_ = true; }
+  const GenerateStats& stats() const { return stats_; }
+
+ private:
+  void finish(const char* reason);
+  bool emit(const std::string& text);
+
+  const LlamaModel& model_;
+  Session& session_;
+  std::vector<int32_t> prompt_;
+  GenerateOptions options_;
+  OnPiece on_piece_;
+  Sampler sampler_;
+  TokenStreamDecoder decoder_;
+  StopMatcher stop_;
+  std::vector<float> logits_;
+  std::vector<int32_t> history_;
+  GenerateStats stats_;
+  bool prefilled_ = false;
+  bool done_ = false;
+  bool cancelled_ = false;
+};
+
+// Runs a Generator to the end.
+GenerateStats generate(const LlamaModel& model, Session& session, std::vector<int32_t> prompt,
+                       const GenerateOptions& options, const OnPiece& on_piece);
+
+}  // namespace gptqd::engine

@@ -1,0 +1,56 @@
+// SPDX-License-Identifier: Apache-2.0
+// LlamaModel: an immutable, loaded Llama-family decoder — config, weights, tokenizer and the
+// backend it runs on — and the one forward pass for prefill and decode alike (engine layer).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/model_config.h"
+#include "engine/model_source.h"
+#include "engine/session.h"
+#include "engine/tokenizer.h"
+#include "engine/weights.h"
+
+namespace gptqd::engine {
+
+// Load-time options (per-request options live in GenerateOptions).
+struct LoadOptions {
+  std::string device = "cpu";
+  int n_threads = 0;  // <= 0: one per hardware thread
+};
+
+class LlamaModel {
+ public:
+  // Loads a model from its files (a .gguf, or an HF folder's files by logical name). Validates
+  // them again: this is the boundary between the registry and the engine.
+  static std::unique_ptr<LlamaModel> load(const std::vector<SourceFile>& files, const LoadOptions& options);
+
+  const ModelConfig& config() const { return info_.config; }
+  const ModelInfo& info() const { return info_; }
+  const Tokenizer& tokenizer() const { return *tokenizer_; }
+  Backend& backend() const { return *backend_; }
+  uint64_t weights_bytes() const { return weights_.size_bytes(); }
+
+  // Runs `tokens` at positions session.pos() .. and appends them to the session's cache.
+  // logits: [vocab] for the last token, or [tokens.size(), vocab] when all_positions.
+  // Error(invalid_argument) when the tokens do not fit the session's context or an id is out of
+  // the vocabulary.
+  void forward(Session& session, std::span<const int32_t> tokens, bool all_positions, std::vector<float>& logits) const;
+
+ private:
+  LlamaModel() = default;
+  void forward_chunk(Session& s, std::span<const int32_t> tokens, bool all_positions, float* logits) const;
+
+  ModelInfo info_;
+  LlamaWeights weights_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<Backend> backend_;
+  std::vector<float> inv_freq_;  // [head_dim/2] RoPE frequencies with scaling applied
+};
+
+}  // namespace gptqd::engine

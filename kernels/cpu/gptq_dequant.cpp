@@ -1,0 +1,63 @@
+// SPDX-License-Identifier: Apache-2.0
+// GPTQ checkpoint dequantization to fp32 (kernels layer): the reference the INT4 kernels are
+// tested against, and how GPTQ models load until those kernels land.
+#include <cstddef>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/half.h"
+
+namespace gptqd::kernels::cpu {
+namespace {
+
+// Code `i` of a column packed along the row direction: `words` points at the column's first word
+// and consecutive words of the column are `stride` apart.
+inline uint32_t packed_code(const int32_t* words, int64_t stride, int64_t i, int bits) {
+  if (bits == 3) {
+    // 32 codes in 3 words: code j of block t sits at bit 3j of the 96-bit value w0|w1<<32|w2<<64.
+    const int64_t t = i / 32, j = i % 32;
+    const uint64_t lo = static_cast<uint32_t>(words[(3 * t) * stride]) |
+                        (static_cast<uint64_t>(static_cast<uint32_t>(words[(3 * t + 1) * stride])) << 32);
+    const uint64_t hi = static_cast<uint32_t>(words[(3 * t + 2) * stride]);
+    const int64_t bit = 3 * j;
+    if (bit + 3 <= 64) return static_cast<uint32_t>((lo >> bit) & 7u);
+    if (bit >= 64) return static_cast<uint32_t>((hi >> (bit - 64)) & 7u);
+    return static_cast<uint32_t>(((lo >> bit) | (hi << (64 - bit))) & 7u);
+  }
+  const int per_word = 32 / bits;
+  const uint32_t word = static_cast<uint32_t>(words[(i / per_word) * stride]);
+  return (word >> (bits * (i % per_word))) & ((1u << bits) - 1u);
+}
+
+}  // namespace
+
+KernelStatus dequantize_gptq(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales,
+                             const int32_t* g_idx, int64_t K, int64_t N, int64_t n_groups, int bits, int zero_offset,
+                             float* out) {
+  if (bits != 2 && bits != 3 && bits != 4 && bits != 8) return KernelStatus::unsupported;
+  const int64_t block = bits == 3 ? 32 : 32 / bits;
+  if (K <= 0 || N <= 0 || n_groups <= 0 || K % block != 0 || N % block != 0) return KernelStatus::bad_shape;
+  for (int64_t k = 0; k < K; ++k) {
+    if (g_idx[k] < 0 || g_idx[k] >= n_groups) return KernelStatus::bad_shape;
+  }
+  const int64_t zero_cols = N * bits / 32;
+  // Zeros unpacked once per group: [n_groups, N].
+  std::vector<int32_t> zeros(static_cast<size_t>(n_groups * N));
+  for (int64_t g = 0; g < n_groups; ++g) {
+    for (int64_t n = 0; n < N; ++n) {
+      zeros[static_cast<size_t>(g * N + n)] =
+          static_cast<int32_t>(packed_code(qzeros + g * zero_cols, 1, n, bits)) + zero_offset;
+    }
+  }
+  for (int64_t n = 0; n < N; ++n) {
+    float* row = out + n * K;
+    for (int64_t k = 0; k < K; ++k) {
+      const int64_t g = g_idx[k];
+      const int32_t q = static_cast<int32_t>(packed_code(qweight + n, N, k, bits));
+      row[k] = f16_to_f32(scales[g * N + n]) * static_cast<float>(q - zeros[static_cast<size_t>(g * N + n)]);
+    }
+  }
+  return KernelStatus::ok;
+}
+
+}  // namespace gptqd::kernels::cpu
