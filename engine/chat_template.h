@@ -42,8 +42,24 @@ class ChatTemplate {
  private:
   explicit ChatTemplate(ChatFamily family) : family_(family) {}
   ChatFamily family_;
-  std::string default_system_;   // a system prompt the template inserts when there is none
-  std::string template_text_;    // the source text, for variants detected from it
+  // Variants, read from the template text by detect(); of() leaves them at the family's base form.
+  std::string default_system_;   // chatml: a system prompt the template inserts when there is none
+  std::string date_string_;      // llama3: non-empty for 3.1+ templates, whose system turn always opens
+                                 // with "Cutting Knowledge Date: ...\nToday Date: <date_string_>"
+  bool opens_with_bos_ = false;  // chatml, zephyr: the template writes bos_token before everything
+  bool mistral_legacy_ = false;  // mistral: v0.1's "[INST] " form rather than v1's " [INST] "
+
+  void check(std::span<const ChatMessage> messages) const;
+  std::string render_chatml(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                            const std::string& bos) const;
+  std::string render_llama2(std::span<const ChatMessage> messages, const std::string& bos,
+                            const std::string& eos) const;
+  std::string render_llama3(std::span<const ChatMessage> messages, bool add_generation_prompt,
+                            const std::string& bos) const;
+  std::string render_mistral(std::span<const ChatMessage> messages, const std::string& bos,
+                             const std::string& eos) const;
+  std::string render_zephyr(std::span<const ChatMessage> messages, bool add_generation_prompt, const std::string& bos,
+                            const std::string& eos) const;
 };
 
 }  // namespace gptqd::engine

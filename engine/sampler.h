@@ -6,6 +6,9 @@
 #include <cstdint>
 #include <random>
 #include <span>
+#include <string>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 namespace gptqd::engine {
@@ -39,6 +42,14 @@ class Sampler {
   int32_t vocab_size_;
   std::mt19937_64 rng_;
   std::vector<std::pair<float, int32_t>> candidates_;  // scratch: (logit or prob, id)
+  bool candidates_sorted_ = false;                     // candidates_ is best first
+  std::vector<uint32_t> counts_;  // scratch [vocab_size]: occurrences in the penalty window; all 0 between calls
+  std::vector<float> weights_;    // scratch [vocab_size]: exp(logit - max) of this call's candidates, by id
+
+  bool penalties_active() const;
+  void apply_penalties(std::span<float> logits, std::span<const int32_t> history);
+  void select_top_k(std::span<const float> logits, size_t k);  // candidates_ = the k best, best first
+  size_t top_p_cut(double target);  // length of the best-first prefix weighing >= target; orders as needed
 };
 
 // Holds back generated text that could be the start of a stop string, so a stop string split
