@@ -161,6 +161,8 @@ bool DeviceWorker::ensure_loaded(const std::string& ref, Slot& slot, std::unique
   }
   slot.loaded = std::move(loaded);
   slot.fresh.assign(slot.active.begin(), slot.active.end());
+  slot.last_used = now_s();
+  publish_status();  // /api/ps shows the model as soon as it is loaded
   return true;
 }
 

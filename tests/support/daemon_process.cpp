@@ -133,10 +133,10 @@ std::string DaemonProcess::log() const {
   }
 }
 
-CommandResult DaemonProcess::ctl(const std::vector<std::string>& args) const {
+CommandResult DaemonProcess::ctl(const std::vector<std::string>& args, const std::string* stdin_text) const {
   std::vector<std::string> argv = {gptqctl_binary().string(), "--socket", socket_.string()};
   argv.insert(argv.end(), args.begin(), args.end());
-  return run_command(argv);
+  return run_command(argv, {}, stdin_text);
 }
 
 std::string raw_exchange(const std::filesystem::path& socket, const std::string& bytes, std::chrono::milliseconds timeout) {

@@ -38,8 +38,8 @@ class DaemonProcess {
   const std::filesystem::path& socket() const { return socket_; }
   std::string log() const;  // stderr of every run so far
 
-  // gptqctl --socket <socket> args...
-  CommandResult ctl(const std::vector<std::string>& args) const;
+  // gptqctl --socket <socket> args... (stdin from `stdin_text` when given)
+  CommandResult ctl(const std::vector<std::string>& args, const std::string* stdin_text = nullptr) const;
 
  private:
   std::filesystem::path dir_, state_dir_, socket_, log_path_;

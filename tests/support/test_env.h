@@ -36,8 +36,9 @@ struct CommandResult {
   std::string output;        // stdout and stderr interleaved
 };
 // Runs argv[0] with arguments (no shell), capturing output; `env` entries are "K=V" added to
-// the current environment.
-CommandResult run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env = {});
+// the current environment; stdin is `stdin_text` when given, else /dev/null.
+CommandResult run_command(const std::vector<std::string>& argv, const std::vector<std::string>& env = {},
+                          const std::string* stdin_text = nullptr);
 
 std::string read_file(const std::filesystem::path& p);
 void write_file(const std::filesystem::path& p, const std::string& content);
