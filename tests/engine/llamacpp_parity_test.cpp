@@ -8,6 +8,7 @@
 
 #include <cmath>
 #include <fstream>
+#include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "engine/llama_model.h"
@@ -193,6 +194,54 @@ TEST_F(LlamaCppParity, HfConversionOfTheGgufMatches) {
   hf->forward(b, ids, false, lb);
   // float32 export: the same numbers, only the RoPE row order was undone on both sides.
   EXPECT_LT(rel_l2(lb.data(), la.data(), V), 1e-5);
+}
+
+// stories260K (a real trained tiny Llama, llama2.c format, SentencePiece tok512) converted to an
+// HF folder: greedy decoding from BOS reproduces llama2.c's published output byte for byte.
+TEST(Stories260K, GreedyOutputMatchesLlama2c) {
+  const fs::path data = test::shared_data_dir() / "stories260K";
+  GPTQD_REQUIRE_FILE(data / "stories260K.bin");
+  test::TempDir dir;
+  auto conv = test::run_command({test::python().string(), (test::source_dir() / "tests/reference/llama2c_to_hf.py").string(),
+                                 (data / "stories260K.bin").string(), (data / "tok512.model").string(),
+                                 (dir / "hf").string()});
+  ASSERT_EQ(conv.exit_code, 0) << conv.output;
+  LoadOptions o;
+  o.n_threads = 1;
+  auto model = LlamaModel::load(inspect_model_source(dir / "hf").files, o);
+  const Tokenizer& tok = model->tokenizer();
+  EXPECT_EQ(tok.kind(), "sentencepiece");
+  std::vector<int32_t> prompt = tok.encode("Once upon a time", false);
+  prompt.insert(prompt.begin(), tok.bos_id());
+  EXPECT_EQ(prompt, (std::vector<int32_t>{1, 403, 407, 261, 378}));  // PROVENANCE.md
+
+  // The ids llama2.c's run.c generates greedily from BOS in 200 steps, as PROVENANCE.md lists
+  // them (the text there says 199; the list holds 200 — one per step, which is what run.c does).
+  std::vector<int32_t> want;
+  {
+    const std::string prov = test::read_file(data / "PROVENANCE.md");
+    const size_t at = prov.find("`403 407");
+    ASSERT_NE(at, std::string::npos) << "the id list is missing from PROVENANCE.md";
+    std::istringstream in(prov.substr(at + 1, prov.find('`', at + 1) - at - 1));
+    for (int32_t id; in >> id;) want.push_back(id);
+  }
+  ASSERT_EQ(want.size(), 200u);
+  Session s(*model, 512);
+  std::vector<float> logits;
+  std::vector<int32_t> got;
+  int32_t next = tok.bos_id();
+  const size_t V = static_cast<size_t>(model->config().vocab_size);
+  for (size_t i = 0; i < want.size(); ++i) {
+    model->forward(s, std::span<const int32_t>(&next, 1), false, logits);
+    next = static_cast<int32_t>(argmax(logits.data(), V));
+    got.push_back(next);
+  }
+  EXPECT_EQ(got, want);
+  const std::string text = tok.decode(got);
+  EXPECT_EQ(text.size(), 464u) << text;
+  EXPECT_EQ(text.rfind("Once upon a time, there was a little girl named Lily. She loved to play outside in the park.", 0), 0u)
+      << text;
+  EXPECT_TRUE(text.ends_with("Lily didn't want to help her mom, so she")) << text;
 }
 
 }  // namespace
