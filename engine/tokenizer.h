@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <filesystem>
 #include <memory>
 #include <optional>
 #include <span>
@@ -57,6 +58,7 @@ class Tokenizer {
   bool add_bos_ = false;
   std::string chat_template_;
   std::string kind_;
+  bool decode_strips_leading_space_ = false;  // decode() drops one leading ' ' (SPM dummy prefix)
 };
 
 // The tokenizer of an HF-format model: tokenizer.json if present, else tokenizer.model; BOS/EOS,
@@ -69,6 +71,17 @@ std::unique_ptr<Tokenizer> load_tokenizer(const std::vector<SourceFile>& files);
 // The tokenizer described by GGUF metadata (tokenizer.ggml.model = "gpt2" or "llama", tokens,
 // merges / scores, token types, bos/eos, add_bos_token, tokenizer.chat_template).
 std::unique_ptr<Tokenizer> load_tokenizer(const GgufFile& gguf);
+
+// A byte-level BPE from GPT-2 style files: `vocab_json` maps byte-level token strings to ids
+// (vocab.json / encoder.json), `merges_txt` holds one "left right" pair per line in priority order
+// (merges.txt / vocab.bpe; a "#version" first line is skipped). `pre` is a llama.cpp
+// tokenizer.ggml.pre name choosing the pre-tokenizer regex ("gpt2", "llama3", "qwen2", "smollm",
+// "default"). `special_tokens` become control tokens with ids right after the vocabulary (as
+// Llama 3's 256 specials follow its 128000 tokens); they are split out only with parse_special.
+// No BOS/EOS/add_bos: the caller knows them from the model's other files.
+std::unique_ptr<Tokenizer> load_bpe_tokenizer(const std::filesystem::path& vocab_json,
+                                              const std::filesystem::path& merges_txt, std::string_view pre,
+                                              const std::vector<std::string>& special_tokens = {});
 
 // Incremental decoding for streaming: push ids as they are generated, get text that is always
 // valid UTF-8 (bytes of an incomplete sequence are held back until it completes; finish()

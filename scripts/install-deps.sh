@@ -14,7 +14,7 @@ packages=(
   build-essential cmake ninja-build ccache pkg-config git
   libboost-dev                      # Asio + Beast (header-only in 1.74)
   nlohmann-json3-dev libsqlite3-dev sqlite3 libsystemd-dev libssl-dev
-  libsentencepiece-dev libcurl4-openssl-dev libpcre2-dev
+  libsentencepiece-dev libcurl4-openssl-dev libpcre2-dev libicu-dev
   libeigen3-dev libopenblas-dev liblapacke-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   curl socat python3 python3-venv python3-pip
