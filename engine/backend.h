@@ -11,12 +11,17 @@
 
 namespace gptqd::engine {
 
-// A dense weight matrix W [rows, cols] row-major fp32: y = x W^T maps cols inputs to rows outputs.
+// A dense weight matrix W [rows, cols] row-major: y = x W^T maps cols inputs to rows outputs.
+// fp16 weights stay fp16 (data_f16) so that decode reads half the bytes; everything else is fp32.
 struct DenseMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
-  std::vector<float> data;
-  bool empty() const { return data.empty(); }
+  std::vector<float> data;         // [rows, cols] fp32, empty when the matrix is fp16
+  std::vector<uint16_t> data_f16;  // [rows, cols] fp16 bits, empty when the matrix is fp32
+  bool is_f16() const { return !data_f16.empty(); }
+  bool empty() const { return data.empty() && data_f16.empty(); }
+  uint64_t size_bytes() const { return data.size() * sizeof(float) + data_f16.size() * sizeof(uint16_t); }
+  void row(int64_t r, float* out) const;  // out [cols] = fp32(W[r, :])
 };
 
 class Backend {

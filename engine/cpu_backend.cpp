@@ -4,6 +4,8 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cmath>
+#include <atomic>
 #include <condition_variable>
 #include <functional>
 #include <mutex>
@@ -25,7 +27,9 @@ void check(kernels::KernelStatus s, const char* op) {
 }
 
 // Runs fn(begin, end) over [0, n) split across the workers and the calling thread; blocks until
-// all parts are done. One job at a time (the backend belongs to one device worker).
+// all parts are done. One job at a time (the backend belongs to one device worker). A decode step
+// issues a few hundred tiny jobs, so workers spin briefly before sleeping: waking a sleeping
+// thread costs tens of microseconds, more than many of the jobs themselves.
 class ThreadPool {
  public:
   explicit ThreadPool(int n_threads) {
@@ -34,7 +38,7 @@ class ThreadPool {
   ~ThreadPool() {
     {
       std::lock_guard lock(mutex_);
-      stop_ = true;
+      stop_.store(true);
     }
     wake_.notify_all();
     for (auto& t : workers_) t.join();
@@ -47,71 +51,99 @@ class ThreadPool {
       if (n > 0) fn(0, n);
       return;
     }
+    job_ = &fn;
+    n_ = n;
+    parts_ = parts;
+    pending_.store(parts - 1, std::memory_order_relaxed);
     {
-      std::lock_guard lock(mutex_);
-      job_ = &fn;
-      n_ = n;
-      parts_ = parts;
-      pending_ = parts - 1;
-      ++generation_;
+      std::lock_guard lock(mutex_);  // orders the job fields before the new generation
+      generation_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_all();
     fn(0, n / parts);  // part 0 on the calling thread
-    std::unique_lock lock(mutex_);
-    done_.wait(lock, [this] { return pending_ == 0; });
-    job_ = nullptr;
+    while (pending_.load(std::memory_order_acquire) != 0) pause();
   }
 
  private:
+  static void pause() {
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+  }
+
   void run(int index) {
     uint64_t seen = 0;
     for (;;) {
-      const std::function<void(int64_t, int64_t)>* job;
-      int64_t n;
-      int parts;
-      {
-        std::unique_lock lock(mutex_);
-        wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
-        job = job_;
-        n = n_;
-        parts = parts_;
+      // Spin a little (~50 µs) for the next job, then sleep.
+      uint64_t gen = generation_.load(std::memory_order_acquire);
+      for (int spin = 0; gen == seen && spin < 20000 && !stop_.load(std::memory_order_relaxed); ++spin) {
+        pause();
+        gen = generation_.load(std::memory_order_acquire);
       }
-      if (index < parts) {
-        (*job)(n * index / parts, n * (index + 1) / parts);
-        std::lock_guard lock(mutex_);
-        if (--pending_ == 0) done_.notify_one();
+      if (gen == seen) {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return stop_.load() || generation_.load() != seen; });
+        if (stop_.load()) return;
+        gen = generation_.load(std::memory_order_acquire);
+      }
+      seen = gen;
+      if (index < parts_) {
+        (*job_)(n_ * index / parts_, n_ * (index + 1) / parts_);
+        pending_.fetch_sub(1, std::memory_order_acq_rel);
       }
     }
   }
 
   std::vector<std::thread> workers_;
   std::mutex mutex_;
-  std::condition_variable wake_, done_;
+  std::condition_variable wake_;
   const std::function<void(int64_t, int64_t)>* job_ = nullptr;
   int64_t n_ = 0;
   int parts_ = 0;
-  int pending_ = 0;
-  uint64_t generation_ = 0;
-  bool stop_ = false;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<bool> stop_{false};
 };
 
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(int n_threads) : n_threads_(n_threads), pool_(n_threads) { openblas_set_num_threads(n_threads); }
+  explicit CpuBackend(int n_threads) : n_threads_(n_threads), pool_(n_threads) { openblas_set_num_threads(1); }
 
   std::string name() const override { return "cpu"; }
   int n_threads() const override { return n_threads_; }
 
+  // y [n, rows] = x [n, cols] · W^T. Every thread takes a slice of W's rows (so of y's columns)
+  // and runs single-threaded BLAS on it: one pool for all parallelism, no second set of BLAS
+  // threads competing for the cores.
   void matmul(const DenseMatrix& w, const float* x, int64_t n, float* y) override {
-    const auto rows = static_cast<blasint>(w.rows), cols = static_cast<blasint>(w.cols);
-    if (n == 1) {
-      cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, w.data.data(), cols, x, 1, 0.0f, y, 1);
-    } else {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), rows, cols, 1.0f, x, cols,
-                  w.data.data(), cols, 0.0f, y, rows);
-    }
+    const auto cols = static_cast<blasint>(w.cols);
+    pool_.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
+      const auto rows = static_cast<blasint>(r1 - r0);
+      if (w.is_f16()) {
+        if (n == 1) {
+          check(kcpu::gemv_f16(w.data_f16.data(), x, w.cols, r0, r1, y), "gemv_f16");
+          return;
+        }
+        // fp16 rows are converted a tile at a time; the conversion is amortized over n inputs.
+        constexpr int64_t kTileRows = 128;
+        thread_local std::vector<float> tile;
+        tile.resize(static_cast<size_t>(kTileRows * w.cols));
+        for (int64_t t0 = r0; t0 < r1; t0 += kTileRows) {
+          const int64_t t1 = std::min(r1, t0 + kTileRows);
+          check(kcpu::convert_f16_rows(w.data_f16.data(), w.cols, t0, t1, tile.data()), "convert_f16_rows");
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(t1 - t0),
+                      cols, 1.0f, x, cols, tile.data(), cols, 0.0f, y + t0, static_cast<blasint>(w.rows));
+        }
+        return;
+      }
+      const float* wr = w.data.data() + r0 * w.cols;
+      if (n == 1) {
+        cblas_sgemv(CblasRowMajor, CblasNoTrans, rows, cols, 1.0f, wr, cols, x, 1, 0.0f, y + r0, 1);
+      } else {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), rows, cols, 1.0f, x, cols, wr,
+                    cols, 0.0f, y + r0, static_cast<blasint>(w.rows));
+      }
+    });
   }
 
   void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* y) override {
@@ -127,14 +159,42 @@ class CpuBackend final : public Backend {
     });
   }
 
+  // Attention per head as two BLAS products around a masked softmax: S = Q_h K_g^T, O_h = P V_g.
+  // (kernels::cpu::attention is the scalar reference this is tested against.)
   void attention(const float* q, int64_t q_stride, const float* k_cache, const float* v_cache, int64_t kv_stride,
                  int64_t n, int64_t pos0, int64_t n_heads, int64_t n_kv_heads, int64_t head_dim, float* out) override {
     const int64_t out_stride = n_heads * head_dim;
-    pool_.parallel_for(n_heads, [&](int64_t b, int64_t e) {
-      std::vector<float> scratch(static_cast<size_t>(pos0 + n));
-      check(kcpu::attention(q, q_stride, k_cache, v_cache, kv_stride, n, pos0, n_heads, n_kv_heads, head_dim, b, e,
-                            scratch.data(), out, out_stride),
-            "attention");
+    const int64_t n_keys = pos0 + n;
+    const int64_t group = n_heads / n_kv_heads;
+    const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+    pool_.parallel_for(n_heads, [&](int64_t h0, int64_t h1) {
+      thread_local std::vector<float> scores;
+      scores.resize(static_cast<size_t>(n * n_keys));
+      for (int64_t h = h0; h < h1; ++h) {
+        const int64_t g = h / group;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<blasint>(n), static_cast<blasint>(n_keys),
+                    static_cast<blasint>(head_dim), scale, q + h * head_dim, static_cast<blasint>(q_stride),
+                    k_cache + g * head_dim, static_cast<blasint>(kv_stride), 0.0f, scores.data(),
+                    static_cast<blasint>(n_keys));
+        for (int64_t i = 0; i < n; ++i) {
+          float* row = scores.data() + i * n_keys;
+          const int64_t visible = pos0 + i + 1;  // causal
+          float max_score = -INFINITY;
+          for (int64_t t = 0; t < visible; ++t) max_score = std::max(max_score, row[t]);
+          float sum = 0.0f;
+          for (int64_t t = 0; t < visible; ++t) {
+            row[t] = std::exp(row[t] - max_score);
+            sum += row[t];
+          }
+          const float inv = 1.0f / sum;
+          for (int64_t t = 0; t < visible; ++t) row[t] *= inv;
+          for (int64_t t = visible; t < n_keys; ++t) row[t] = 0.0f;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(n), static_cast<blasint>(head_dim),
+                    static_cast<blasint>(n_keys), 1.0f, scores.data(), static_cast<blasint>(n_keys),
+                    v_cache + g * head_dim, static_cast<blasint>(kv_stride), 0.0f, out + h * head_dim,
+                    static_cast<blasint>(out_stride));
+      }
     });
   }
 
@@ -154,6 +214,14 @@ class CpuBackend final : public Backend {
 };
 
 }  // namespace
+
+void DenseMatrix::row(int64_t r, float* out) const {
+  if (is_f16()) {
+    check(kcpu::convert_f16_rows(data_f16.data(), cols, r, r + 1, out), "convert_f16_rows");
+  } else {
+    std::copy(data.begin() + r * cols, data.begin() + (r + 1) * cols, out);
+  }
+}
 
 std::unique_ptr<Backend> make_backend(const std::string& device, int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));

@@ -64,7 +64,7 @@ std::unique_ptr<LlamaModel> LlamaModel::load(const std::vector<SourceFile>& file
     fail(ErrorCode::invalid_model, "the tokenizer has ", m->tokenizer_->vocab_size(), " tokens but the model only ",
          m->info_.config.vocab_size, " embeddings");
   }
-  m->weights_ = load_weights(m->info_);
+  m->weights_ = load_weights(m->info_, options.keep_f16);
   m->inv_freq_ = rope_inv_freq(m->info_.config, m->weights_.rope_freq_factors);
   m->backend_ = make_backend(options.device, options.n_threads);
   return m;
@@ -112,10 +112,7 @@ void LlamaModel::forward_chunk(Session& s, std::span<const int32_t> tokens, bool
   s.positions_.resize(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) s.positions_[static_cast<size_t>(i)] = static_cast<int32_t>(pos0 + i);
 
-  for (int64_t i = 0; i < n; ++i) {
-    std::memcpy(s.x_.data() + i * H, weights_.embed.data.data() + static_cast<int64_t>(tokens[static_cast<size_t>(i)]) * H,
-                static_cast<size_t>(H) * sizeof(float));
-  }
+  for (int64_t i = 0; i < n; ++i) weights_.embed.row(tokens[static_cast<size_t>(i)], s.x_.data() + i * H);
 
   for (size_t li = 0; li < weights_.layers.size(); ++li) {
     const LayerWeights& L = weights_.layers[li];

@@ -3,21 +3,47 @@
 // un-permuted) into one fp32 layout (engine layer).
 #include "engine/weights.h"
 
+#include <algorithm>
 #include <cstring>
 
 #include "engine/error.h"
 #include "engine/gguf.h"
 #include "engine/safetensors.h"
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/half.h"
 
 namespace gptqd::engine {
 namespace {
 
-void append_rows(DenseMatrix& m, const std::vector<float>& rows, int64_t n_rows, int64_t cols) {
-  if (m.cols == 0) m.cols = cols;
-  if (m.cols != cols) fail(ErrorCode::internal, "stacked matrices disagree on their width");
-  m.data.insert(m.data.end(), rows.begin(), rows.end());
-  m.rows += n_rows;
+// One matrix as loaded: fp16 bits when the file stores fp16 (and we keep it), else fp32.
+struct Loaded {
+  std::vector<float> f32;
+  std::vector<uint16_t> f16;
+};
+
+// Stacks matrices of equal width (q, k, v -> qkv). The result is fp16 only if every part is.
+DenseMatrix stack(std::vector<Loaded> parts, const std::vector<int64_t>& n_rows, int64_t cols) {
+  DenseMatrix m;
+  m.cols = cols;
+  const bool all_f16 = std::all_of(parts.begin(), parts.end(), [](const Loaded& p) { return !p.f16.empty(); });
+  for (size_t i = 0; i < parts.size(); ++i) {
+    Loaded& p = parts[i];
+    if (all_f16) {
+      m.data_f16.insert(m.data_f16.end(), p.f16.begin(), p.f16.end());
+    } else if (!p.f16.empty()) {
+      for (uint16_t h : p.f16) m.data.push_back(kernels::cpu::f16_to_f32(h));
+    } else {
+      m.data.insert(m.data.end(), p.f32.begin(), p.f32.end());
+    }
+    m.rows += n_rows[i];
+  }
+  return m;
+}
+
+DenseMatrix single(Loaded part, int64_t rows, int64_t cols) {
+  std::vector<Loaded> parts;
+  parts.push_back(std::move(part));
+  return stack(std::move(parts), {rows}, cols);
 }
 
 // ---- safetensors ----
@@ -25,6 +51,7 @@ void append_rows(DenseMatrix& m, const std::vector<float>& rows, int64_t n_rows,
 struct StLoader {
   const SafetensorsSet& set;
   const ModelInfo& info;
+  bool keep_f16;
 
   std::vector<float> vec(const std::string& name) const {
     const StTensor* t = set.find(name);
@@ -32,9 +59,22 @@ struct StLoader {
     return st_to_f32(*t);
   }
 
-  // A linear's W [out, in] as fp32, from `.weight` or from the GPTQ tensors.
-  std::vector<float> linear(const std::string& prefix, int64_t in, int64_t out) const {
-    if (!info.gptq || !set.find(prefix + ".qweight")) return vec(prefix + ".weight");
+  Loaded matrix(const std::string& name) const {
+    const StTensor* t = set.find(name);
+    if (!t) fail(ErrorCode::invalid_model, "tensor ", name, " is missing");
+    Loaded l;
+    if (keep_f16 && t->dtype == StDtype::F16) {
+      l.f16.resize(t->bytes.size() / 2);
+      std::memcpy(l.f16.data(), t->bytes.data(), t->bytes.size());
+    } else {
+      l.f32 = st_to_f32(*t);
+    }
+    return l;
+  }
+
+  // A linear's W [out, in], from `.weight` or dequantized from the GPTQ tensors.
+  Loaded linear(const std::string& prefix, int64_t in, int64_t out) const {
+    if (!info.gptq || !set.find(prefix + ".qweight")) return matrix(prefix + ".weight");
     const GptqConfig& g = *info.gptq;
     const StTensor& qweight = *set.find(prefix + ".qweight");
     const StTensor& qzeros = *set.find(prefix + ".qzeros");
@@ -57,41 +97,49 @@ struct StLoader {
       fail(ErrorCode::invalid_model, prefix, ": cannot dequantize GPTQ weights (", kernels::to_string(s),
            "; g_idx must lie in [0, ", g.n_groups(in), "))");
     }
-    return w;
+    return Loaded{std::move(w), {}};
   }
 };
 
-LlamaWeights load_safetensors(const ModelInfo& info) {
+LlamaWeights load_safetensors(const ModelInfo& info, bool keep_f16) {
   FileMap files;
   for (const auto& f : info.files) {
     if (f.name.ends_with(".safetensors") || f.name == "model.safetensors.index.json") files[f.name] = f.path;
   }
   SafetensorsSet set = SafetensorsSet::open(files);
-  StLoader L{set, info};
+  StLoader L{set, info, keep_f16};
   const ModelConfig& c = info.config;
   const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.n_heads * c.head_dim, KV = c.n_kv_heads * c.head_dim;
   LlamaWeights w;
-  w.embed = DenseMatrix{c.vocab_size, H, L.vec("model.embed_tokens.weight")};
+  w.embed = single(L.matrix("model.embed_tokens.weight"), c.vocab_size, H);
   w.norm = L.vec("model.norm.weight");
-  if (!c.tie_word_embeddings) w.lm_head = DenseMatrix{c.vocab_size, H, L.vec("lm_head.weight")};
+  if (!c.tie_word_embeddings) w.lm_head = single(L.matrix("lm_head.weight"), c.vocab_size, H);
   for (int64_t i = 0; i < c.n_layers; ++i) {
     const std::string p = cat("model.layers.", i, ".");
     LayerWeights l;
     l.attn_norm = L.vec(p + "input_layernorm.weight");
     l.ffn_norm = L.vec(p + "post_attention_layernorm.weight");
-    append_rows(l.qkv, L.linear(p + "self_attn.q_proj", H, Q), Q, H);
-    append_rows(l.qkv, L.linear(p + "self_attn.k_proj", H, KV), KV, H);
-    append_rows(l.qkv, L.linear(p + "self_attn.v_proj", H, KV), KV, H);
+    {
+      std::vector<Loaded> parts;
+      parts.push_back(L.linear(p + "self_attn.q_proj", H, Q));
+      parts.push_back(L.linear(p + "self_attn.k_proj", H, KV));
+      parts.push_back(L.linear(p + "self_attn.v_proj", H, KV));
+      l.qkv = stack(std::move(parts), {Q, KV, KV}, H);
+    }
     if (c.attention_bias) {
       for (const char* b : {"q_proj", "k_proj", "v_proj"}) {
         auto bias = L.vec(p + "self_attn." + b + ".bias");
         l.qkv_bias.insert(l.qkv_bias.end(), bias.begin(), bias.end());
       }
     }
-    l.o = DenseMatrix{H, Q, L.linear(p + "self_attn.o_proj", Q, H)};
-    append_rows(l.gate_up, L.linear(p + "mlp.gate_proj", H, I), I, H);
-    append_rows(l.gate_up, L.linear(p + "mlp.up_proj", H, I), I, H);
-    l.down = DenseMatrix{H, I, L.linear(p + "mlp.down_proj", I, H)};
+    l.o = single(L.linear(p + "self_attn.o_proj", Q, H), H, Q);
+    {
+      std::vector<Loaded> parts;
+      parts.push_back(L.linear(p + "mlp.gate_proj", H, I));
+      parts.push_back(L.linear(p + "mlp.up_proj", H, I));
+      l.gate_up = stack(std::move(parts), {I, I}, H);
+    }
+    l.down = single(L.linear(p + "mlp.down_proj", I, H), H, I);
     w.layers.push_back(std::move(l));
   }
   return w;
@@ -101,14 +149,15 @@ LlamaWeights load_safetensors(const ModelInfo& info) {
 
 // llama.cpp's converter interleaves the two RoPE halves of each q/k head (HF row j*hd/2 + i
 // becomes GGUF row 2i + j); undo it so every model uses the rotate_half layout.
-std::vector<float> unpermute_rows(const std::vector<float>& w, int64_t n_heads, int64_t head_dim, int64_t cols) {
-  std::vector<float> out(w.size());
+template <typename T>
+std::vector<T> unpermute_rows(const std::vector<T>& w, int64_t n_heads, int64_t head_dim, int64_t cols) {
+  std::vector<T> out(w.size());
   const int64_t half = head_dim / 2;
   for (int64_t h = 0; h < n_heads; ++h) {
     for (int64_t i = 0; i < half; ++i) {
       for (int64_t j = 0; j < 2; ++j) {
         const int64_t src = h * head_dim + 2 * i + j, dst = h * head_dim + j * half + i;
-        std::memcpy(out.data() + dst * cols, w.data() + src * cols, static_cast<size_t>(cols) * sizeof(float));
+        std::memcpy(out.data() + dst * cols, w.data() + src * cols, static_cast<size_t>(cols) * sizeof(T));
       }
     }
   }
@@ -119,7 +168,13 @@ std::vector<float> unpermute_bias(const std::vector<float>& b, int64_t n_heads, 
   return unpermute_rows(b, n_heads, head_dim, 1);
 }
 
-LlamaWeights load_gguf(const ModelInfo& info) {
+Loaded unpermute(Loaded m, int64_t n_heads, int64_t head_dim, int64_t cols) {
+  if (!m.f16.empty()) m.f16 = unpermute_rows(m.f16, n_heads, head_dim, cols);
+  else m.f32 = unpermute_rows(m.f32, n_heads, head_dim, cols);
+  return m;
+}
+
+LlamaWeights load_gguf(const ModelInfo& info, bool keep_f16) {
   GgufFile g = GgufFile::open(info.files.front().path.string());
   const ModelConfig& c = info.config;
   const int64_t H = c.hidden_size, I = c.intermediate_size, Q = c.n_heads * c.head_dim, KV = c.n_kv_heads * c.head_dim;
@@ -131,10 +186,24 @@ LlamaWeights load_gguf(const ModelInfo& info) {
     if (!info_t) fail(ErrorCode::invalid_model, g.name(), ": tensor '", name, "' is missing");
     return g.dequantize(*info_t);
   };
+  // A matrix: F16 tensors stay fp16; every other type is dequantized to fp32.
+  auto m = [&](const std::string& name) {
+    const GgufTensorInfo* info_t = g.find_tensor(name);
+    if (!info_t) fail(ErrorCode::invalid_model, g.name(), ": tensor '", name, "' is missing");
+    Loaded l;
+    if (keep_f16 && info_t->type == static_cast<uint32_t>(kernels::cpu::GgmlType::F16)) {
+      auto bytes = g.tensor_bytes(*info_t);
+      l.f16.resize(bytes.size() / 2);
+      std::memcpy(l.f16.data(), bytes.data(), bytes.size());
+    } else {
+      l.f32 = g.dequantize(*info_t);
+    }
+    return l;
+  };
   LlamaWeights w;
-  w.embed = DenseMatrix{c.vocab_size, H, t("token_embd.weight")};
+  w.embed = single(m("token_embd.weight"), c.vocab_size, H);
   w.norm = t("output_norm.weight");
-  if (!c.tie_word_embeddings) w.lm_head = DenseMatrix{c.vocab_size, H, t("output.weight")};
+  if (!c.tie_word_embeddings) w.lm_head = single(m("output.weight"), c.vocab_size, H);
   if (g.find_tensor("rope_freqs.weight")) {
     w.rope_freq_factors = t("rope_freqs.weight");
     if (static_cast<int64_t>(w.rope_freq_factors.size()) != c.head_dim / 2) {
@@ -147,14 +216,18 @@ LlamaWeights load_gguf(const ModelInfo& info) {
     LayerWeights l;
     l.attn_norm = t(p + "attn_norm.weight");
     l.ffn_norm = t(p + "ffn_norm.weight");
-    auto q = t(p + "attn_q.weight"), k = t(p + "attn_k.weight");
+    Loaded q = m(p + "attn_q.weight"), k = m(p + "attn_k.weight");
     if (permuted) {
-      q = unpermute_rows(q, c.n_heads, c.head_dim, H);
-      k = unpermute_rows(k, c.n_kv_heads, c.head_dim, H);
+      q = unpermute(std::move(q), c.n_heads, c.head_dim, H);
+      k = unpermute(std::move(k), c.n_kv_heads, c.head_dim, H);
     }
-    append_rows(l.qkv, q, Q, H);
-    append_rows(l.qkv, k, KV, H);
-    append_rows(l.qkv, t(p + "attn_v.weight"), KV, H);
+    {
+      std::vector<Loaded> parts;
+      parts.push_back(std::move(q));
+      parts.push_back(std::move(k));
+      parts.push_back(m(p + "attn_v.weight"));
+      l.qkv = stack(std::move(parts), {Q, KV, KV}, H);
+    }
     if (c.attention_bias) {
       auto bq = t(p + "attn_q.bias"), bk = t(p + "attn_k.bias"), bv = t(p + "attn_v.bias");
       if (permuted) {
@@ -165,10 +238,14 @@ LlamaWeights load_gguf(const ModelInfo& info) {
       l.qkv_bias.insert(l.qkv_bias.end(), bk.begin(), bk.end());
       l.qkv_bias.insert(l.qkv_bias.end(), bv.begin(), bv.end());
     }
-    l.o = DenseMatrix{H, Q, t(p + "attn_output.weight")};
-    append_rows(l.gate_up, t(p + "ffn_gate.weight"), I, H);
-    append_rows(l.gate_up, t(p + "ffn_up.weight"), I, H);
-    l.down = DenseMatrix{H, I, t(p + "ffn_down.weight")};
+    l.o = single(m(p + "attn_output.weight"), H, Q);
+    {
+      std::vector<Loaded> parts;
+      parts.push_back(m(p + "ffn_gate.weight"));
+      parts.push_back(m(p + "ffn_up.weight"));
+      l.gate_up = stack(std::move(parts), {I, I}, H);
+    }
+    l.down = single(m(p + "ffn_down.weight"), H, I);
     w.layers.push_back(std::move(l));
   }
   return w;
@@ -177,16 +254,16 @@ LlamaWeights load_gguf(const ModelInfo& info) {
 }  // namespace
 
 uint64_t LlamaWeights::size_bytes() const {
-  uint64_t n = embed.data.size() + norm.size() + lm_head.data.size() + rope_freq_factors.size();
+  uint64_t n = embed.size_bytes() + lm_head.size_bytes() + (norm.size() + rope_freq_factors.size()) * sizeof(float);
   for (const auto& l : layers) {
-    n += l.attn_norm.size() + l.qkv.data.size() + l.qkv_bias.size() + l.o.data.size() + l.ffn_norm.size() +
-         l.gate_up.data.size() + l.down.data.size();
+    n += l.qkv.size_bytes() + l.o.size_bytes() + l.gate_up.size_bytes() + l.down.size_bytes() +
+         (l.attn_norm.size() + l.qkv_bias.size() + l.ffn_norm.size()) * sizeof(float);
   }
-  return n * sizeof(float);
+  return n;
 }
 
-LlamaWeights load_weights(const ModelInfo& info) {
-  return info.format == ModelFormat::gguf ? load_gguf(info) : load_safetensors(info);
+LlamaWeights load_weights(const ModelInfo& info, bool keep_f16) {
+  return info.format == ModelFormat::gguf ? load_gguf(info, keep_f16) : load_safetensors(info, keep_f16);
 }
 
 }  // namespace gptqd::engine

@@ -33,6 +33,7 @@ struct LlamaWeights {
 };
 
 // Loads the weights described by `info` (from inspect_model_files, so already validated).
-LlamaWeights load_weights(const ModelInfo& info);
+// keep_f16: matrices stored as fp16 stay fp16 (exact; half the bytes); all else is fp32.
+LlamaWeights load_weights(const ModelInfo& info, bool keep_f16 = true);
 
 }  // namespace gptqd::engine

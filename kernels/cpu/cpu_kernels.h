@@ -42,4 +42,17 @@ KernelStatus dequantize_gptq(const int32_t* qweight, const int32_t* qzeros, cons
                              const int32_t* g_idx, int64_t K, int64_t N, int64_t n_groups, int bits, int zero_offset,
                              float* out);
 
+// y[r] = sum_k fp32(w[r, k]) * x[k] for rows r in [r_begin, r_end), fp32 accumulation.
+// w [rows, cols] fp16 bits row-major, x [cols], y [rows]. AVX2+FMA+F16C when the CPU has them,
+// else the scalar reference (gemv_f16_reference, always available for tests).
+KernelStatus gemv_f16(const uint16_t* w, const float* x, int64_t cols, int64_t r_begin, int64_t r_end, float* y);
+KernelStatus gemv_f16_reference(const uint16_t* w, const float* x, int64_t cols, int64_t r_begin, int64_t r_end,
+                                float* y);
+
+// out[r - r_begin, :] = fp32(w[r, :]) for r in [r_begin, r_end); w [rows, cols] fp16 bits.
+KernelStatus convert_f16_rows(const uint16_t* w, int64_t cols, int64_t r_begin, int64_t r_end, float* out);
+
+// True when gemv_f16 / convert_f16_rows use the AVX2+FMA+F16C path on this CPU.
+bool have_f16c_path();
+
 }  // namespace gptqd::kernels::cpu

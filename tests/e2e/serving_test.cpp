@@ -332,13 +332,16 @@ TEST(ServingLimits, FullQueueGets503) {
   DaemonProcess d(dir.path());
   ASSERT_TRUE(d.start({}, {"--parallel", "1", "--max-queue", "1"})) << d.log();
   ASSERT_EQ(d.ctl({"pull", test_model_path().string()}).exit_code, 0);
+  // Load the model first, so the timing below is about generation only.
+  ASSERT_EQ(http_request(d.socket(), "POST", "/api/generate", json{{"model", kModel}, {"stream", false}}.dump()).status, 200);
   auto long_request = [&d] {
+    // A raw count that does not end by itself: several seconds of decoding.
     return http_request(d.socket(), "POST", "/api/generate",
-                        json{{"model", kModel}, {"prompt", "Tell me a story."}, {"stream", false},
-                             {"options", {{"temperature", 0}, {"num_predict", 40}}}}.dump());
+                        json{{"model", kModel}, {"prompt", "1, 2, 3, 4,"}, {"raw", true}, {"stream", false},
+                             {"options", {{"temperature", 0}, {"repeat_penalty", 1.0}, {"num_predict", 200}}}}.dump());
   };
   auto a = std::async(std::launch::async, long_request);
-  std::this_thread::sleep_for(std::chrono::milliseconds(1500));  // a is running
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a is running
   auto b = std::async(std::launch::async, long_request);
   std::this_thread::sleep_for(std::chrono::milliseconds(300));   // b is queued
   auto t0 = std::chrono::steady_clock::now();

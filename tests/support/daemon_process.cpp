@@ -180,13 +180,13 @@ HttpReply parse_reply(const std::string& raw) {
 }
 
 HttpReply http_request(const std::filesystem::path& socket, const std::string& method, const std::string& target,
-                       const std::string& body) {
+                       const std::string& body, std::chrono::milliseconds timeout) {
   std::string req = method + " " + target + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n";
   if (!body.empty() || method == "POST" || method == "DELETE") {
     req += "Content-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n";
   }
   req += "\r\n" + body;
-  return parse_reply(raw_exchange(socket, req));
+  return parse_reply(raw_exchange(socket, req, timeout));
 }
 
 std::vector<std::string> list_dir(const std::filesystem::path& dir) {

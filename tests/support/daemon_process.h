@@ -62,7 +62,7 @@ std::string raw_exchange(const std::filesystem::path& socket, const std::string&
 HttpReply parse_reply(const std::string& raw);
 // One request with "Connection: close".
 HttpReply http_request(const std::filesystem::path& socket, const std::string& method, const std::string& target,
-                       const std::string& body = {});
+                       const std::string& body = {}, std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
 // Sorted file names in a directory ("" entries never).
 std::vector<std::string> list_dir(const std::filesystem::path& dir);
