@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The main job on the built-in default model, from a fresh clone: installs dependencies, builds,
-# starts gptqd in user mode (unless one already answers), imports SmolLM2-135M-Instruct and
-# lists it. The daemon keeps running afterwards; stop it with: kill $(pgrep -u $USER -x gptqd)
+# starts gptqd in user mode (unless one already answers), imports SmolLM2-135M-Instruct, lists it
+# and asks it a question. The daemon keeps running afterwards; stop it with:
+#   kill $(pgrep -u $USER -x gptqd)
 set -euo pipefail
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -27,3 +28,5 @@ else
 fi
 "$gptqctl" list
 "$gptqctl" show smollm2-135m-instruct
+echo '$ gptqctl run smollm2-135m-instruct "What is the capital of France?"'
+"$gptqctl" run smollm2-135m-instruct "What is the capital of France?" --temperature 0 --verbose
