@@ -23,6 +23,20 @@ void check_ok(const HttpResult& r) {
   if (r.status != 200) throw CtlError(kExitFailed, error_message(r));
 }
 
+// --json: prints the document and says so.
+bool print_json(Context& ctx, const json& j) {
+  if (!ctx.json) return false;
+  std::fputs((j.dump() + "\n").c_str(), ctx.out);
+  return true;
+}
+
+// One request whose 200 answer is a JSON document; any other status is a CtlError.
+json call(Context& ctx, const std::string& method, const std::string& target, const std::string& body = {}) {
+  HttpResult r = ctx.client.request(method, target, body);
+  check_ok(r);
+  return parse_json_or_fail(r);
+}
+
 // Client-side check so a typo fails before any request; the daemon checks again.
 std::string checked_ref(const std::string& text) {
   std::string why;
@@ -63,9 +77,7 @@ std::string resolve_pull_source(const std::string& source) {
 }
 
 int cmd_status(Context& ctx) {
-  HttpResult r = ctx.client.request("GET", "/api/health");
-  check_ok(r);
-  json j = parse_json_or_fail(r);
+  json j = call(ctx, "GET", "/api/health");
   if (ctx.json) {
     j["socket"] = ctx.client.socket_path().string();
     print(ctx, j.dump() + "\n");
@@ -114,13 +126,8 @@ int cmd_pull(Context& ctx, const PullArgs& args) {
 }
 
 int cmd_list(Context& ctx) {
-  HttpResult r = ctx.client.request("GET", "/api/tags");
-  check_ok(r);
-  json j = parse_json_or_fail(r);
-  if (ctx.json) {
-    print(ctx, j.dump() + "\n");
-    return kExitOk;
-  }
+  json j = call(ctx, "GET", "/api/tags");
+  if (print_json(ctx, j)) return kExitOk;
   std::vector<std::vector<std::string>> rows = {{"NAME", "TAG", "ARCH", "PARAMS", "DTYPE", "SIZE", "SOURCE"}};
   for (const auto& m : j.value("models", json::array())) {
     protocol::ModelEntry e = protocol::ModelEntry::from_json(m);
@@ -138,13 +145,8 @@ int cmd_list(Context& ctx) {
 
 int cmd_show(Context& ctx, const std::string& model) {
   protocol::ModelRequest req{checked_ref(model)};
-  HttpResult r = ctx.client.request("POST", "/api/show", req.to_json().dump());
-  check_ok(r);
-  json j = parse_json_or_fail(r);
-  if (ctx.json) {
-    print(ctx, j.dump() + "\n");
-    return kExitOk;
-  }
+  json j = call(ctx, "POST", "/api/show", req.to_json().dump());
+  if (print_json(ctx, j)) return kExitOk;
   protocol::ModelEntry e = protocol::ModelEntry::from_json(j);
   std::vector<std::vector<std::string>> rows = {
       {"Model", printable(e.ref()) + (e.is_default ? " (default tag)" : "")},
@@ -168,13 +170,8 @@ int cmd_show(Context& ctx, const std::string& model) {
 
 int cmd_rm(Context& ctx, const std::string& model) {
   protocol::ModelRequest req{checked_ref(model)};
-  HttpResult r = ctx.client.request("DELETE", "/api/delete", req.to_json().dump());
-  check_ok(r);
-  json j = parse_json_or_fail(r);
-  if (ctx.json) {
-    print(ctx, j.dump() + "\n");
-    return kExitOk;
-  }
+  json j = call(ctx, "DELETE", "/api/delete", req.to_json().dump());
+  if (print_json(ctx, j)) return kExitOk;
   print(ctx, "deleted " + printable(j.value("model", model)) + " (freed " + human_bytes(j.value("freed_bytes", uint64_t{0})) +
                  ")\n");
   return kExitOk;
@@ -247,9 +244,7 @@ int cmd_dataset_add(Context& ctx, const std::string& name, const std::vector<std
     if (!std::filesystem::is_regular_file(f, ec)) throw CtlError(kExitFailed, "no such file: " + printable(f));
     req.files.push_back(std::filesystem::absolute(f, ec).lexically_normal().string());
   }
-  HttpResult r = ctx.client.request("POST", "/api/datasets", req.to_json().dump());
-  check_ok(r);
-  json j = parse_json_or_fail(r);
+  json j = call(ctx, "POST", "/api/datasets", req.to_json().dump());
   if (ctx.json) {
     print(ctx, j.dump() + "\n");
   } else {
@@ -260,13 +255,8 @@ int cmd_dataset_add(Context& ctx, const std::string& name, const std::vector<std
 }
 
 int cmd_dataset_list(Context& ctx) {
-  HttpResult r = ctx.client.request("GET", "/api/datasets");
-  check_ok(r);
-  json j = parse_json_or_fail(r);
-  if (ctx.json) {
-    print(ctx, j.dump() + "\n");
-    return kExitOk;
-  }
+  json j = call(ctx, "GET", "/api/datasets");
+  if (print_json(ctx, j)) return kExitOk;
   std::vector<std::vector<std::string>> rows = {{"NAME", "FILES", "SIZE", "ADDED"}};
   for (const auto& d : j.value("datasets", json::array())) {
     rows.push_back({printable(d.value("name", std::string())), std::to_string(d.value("files", json::array()).size()),
@@ -281,13 +271,8 @@ int cmd_dataset_list(Context& ctx) {
 }
 
 int cmd_ps(Context& ctx) {
-  HttpResult r = ctx.client.request("GET", "/api/ps");
-  check_ok(r);
-  json j = parse_json_or_fail(r);
-  if (ctx.json) {
-    print(ctx, j.dump() + "\n");
-    return kExitOk;
-  }
+  json j = call(ctx, "GET", "/api/ps");
+  if (print_json(ctx, j)) return kExitOk;
   std::vector<std::vector<std::string>> rows = {{"NAME", "SIZE", "DEVICE", "ACTIVE", "QUEUED", "UNTIL"}};
   for (const auto& m : j.value("models", json::array())) {
     rows.push_back({printable(m.value("name", std::string())), human_bytes(m.value("size", uint64_t{0})),

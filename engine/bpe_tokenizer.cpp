@@ -53,19 +53,6 @@ uint64_t pair_key(int32_t left, int32_t right) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) | static_cast<uint32_t>(right);
 }
 
-std::string replace_all(std::string s, std::string_view from, std::string_view to) {
-  if (from.empty() || s.find(from) == std::string::npos) return s;
-  std::string out;
-  out.reserve(s.size());
-  size_t pos = 0;
-  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
-    out.append(s, pos, hit - pos);
-    out += to;
-  }
-  out.append(s, pos, std::string::npos);
-  return out;
-}
-
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
 
 // "<0x0A>" -> 0x0A; -1 when `piece` is not of that form.
@@ -1325,6 +1312,19 @@ std::unique_ptr<TokenizerBase> load_vocab_merges(const std::filesystem::path& vo
   c.decode_byte_level = true;
   c.kind = "bpe-byte-level";
   return finish(std::move(c), vocab);
+}
+
+std::string replace_all(std::string s, std::string_view from, std::string_view to) {
+  if (from.empty() || s.find(from) == std::string::npos) return s;
+  std::string out;
+  out.reserve(s.size());
+  size_t pos = 0;
+  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
+    out.append(s, pos, hit - pos);
+    out += to;
+  }
+  out.append(s, pos, std::string::npos);
+  return out;
 }
 
 }  // namespace gptqd::engine::tokenizer_detail

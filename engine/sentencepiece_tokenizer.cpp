@@ -33,19 +33,6 @@ int parse_byte_piece(std::string_view piece) {
   return v;
 }
 
-std::string replace_all(std::string s, std::string_view from, std::string_view to) {
-  if (from.empty() || s.find(from) == std::string::npos) return s;
-  std::string out;
-  out.reserve(s.size());
-  size_t pos = 0;
-  for (size_t hit; (hit = s.find(from, pos)) != std::string::npos; pos = hit + from.size()) {
-    out.append(s, pos, hit - pos);
-    out += to;
-  }
-  out.append(s, pos, std::string::npos);
-  return out;
-}
-
 class SentencePieceTokenizer final : public TokenizerBase {
  public:
   SentencePieceTokenizer(std::string_view model_bytes, const std::string& where, const json* config,
