@@ -298,6 +298,7 @@ awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w) {
   spec.prompt = r.prompt;
   spec.system = r.system;
   spec.raw = r.raw;
+  spec.truncate = r.truncate;
   spec.options = to_engine(r.options);
   spec.num_ctx = num_ctx_of(r.options);
   OllamaRenderer renderer(r.model, false);
@@ -309,6 +310,7 @@ awaitable<void> handle_chat(Daemon& d, Request& req, ResponseWriter& w) {
   GenerationSpec spec;
   spec.chat = true;
   spec.messages = to_engine(r.messages);
+  spec.truncate = r.truncate;
   spec.options = to_engine(r.options);
   spec.num_ctx = num_ctx_of(r.options);
   OllamaRenderer renderer(r.model, true);

@@ -364,6 +364,7 @@ GenerateRequest GenerateRequest::from_json(const json& j) {
   r.system = opt_string(j, "system");
   r.raw = opt_bool(j, "raw", false);
   r.stream = opt_bool(j, "stream", true);
+  r.truncate = opt_bool(j, "truncate", false);
   if (auto it = j.find("keep_alive"); it != j.end()) r.keep_alive = parse_keep_alive(*it);
   if (auto it = j.find("options"); it != j.end()) r.options = GenOptions::from_json(*it, "options.");
   if (j.contains("images") && !j["images"].is_null()) throw RequestError("\"images\" are not supported by gptqd's text models");
@@ -391,6 +392,7 @@ ChatRequest ChatRequest::from_json(const json& j) {
   if (r.model.empty()) throw RequestError("field \"model\" is required");
   r.messages = parse_messages(j, "messages");
   r.stream = opt_bool(j, "stream", true);
+  r.truncate = opt_bool(j, "truncate", false);
   if (auto it = j.find("keep_alive"); it != j.end()) r.keep_alive = parse_keep_alive(*it);
   if (auto it = j.find("options"); it != j.end()) r.options = GenOptions::from_json(*it, "options.");
   if (j.contains("tools") && !j["tools"].is_null() && !(j["tools"].is_array() && j["tools"].empty())) {

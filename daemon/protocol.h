@@ -101,6 +101,7 @@ struct GenerateRequest {
   std::string system;
   bool raw = false;
   bool stream = true;
+  bool truncate = false;                  // drop the oldest prompt tokens instead of a 400
   std::optional<int64_t> keep_alive;
   GenOptions options;
   static GenerateRequest from_json(const nlohmann::json& j);
@@ -112,6 +113,7 @@ struct ChatRequest {
   std::string model;
   std::vector<ChatMessageJson> messages;
   bool stream = true;
+  bool truncate = false;                  // drop the oldest prompt tokens instead of a 400
   std::optional<int64_t> keep_alive;
   GenOptions options;
   static ChatRequest from_json(const nlohmann::json& j);

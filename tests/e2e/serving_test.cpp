@@ -214,7 +214,67 @@ TEST_F(ServingTest, BadRequestsAreClear4xx) {
   HttpReply r = post("/api/generate", {{"model", kModel}, {"prompt", huge}, {"options", {{"num_ctx", 512}}}});
   EXPECT_EQ(r.status, 400) << r.body;
   EXPECT_NE(error_of(r).find("tokens but the context is 512"), std::string::npos) << error_of(r);
+  // ... unless the request asks for truncation: then the oldest tokens go.
+  HttpReply cut = post("/api/generate", {{"model", kModel}, {"prompt", huge}, {"raw", true}, {"truncate", true},
+                                         {"stream", false}, {"options", {{"num_ctx", 512}, {"num_predict", 8}, {"temperature", 0}}}});
+  ASSERT_EQ(cut.status, 200) << cut.body;
+  json cj = json::parse(cut.body);
+  EXPECT_LT(cj["prompt_eval_count"].get<int>(), 512);
+  EXPECT_GT(cj["prompt_eval_count"].get<int>(), 256);
   EXPECT_EQ(http_request(daemon_->socket(), "GET", "/api/health").status, 200);
+}
+
+// The same routes through the real curl binary, streamed and not (what users type first).
+TEST_F(ServingTest, CurlOverTheUnixSocket) {
+  const std::string sock = daemon_->socket().string();
+  json body = {{"model", kModel}, {"prompt", "What is the capital of France?"}, {"options", greedy(16)}};
+  auto streamed = run_command({"curl", "-sS", "-N", "--unix-socket", sock, "http://gptqd/api/generate", "-d", body.dump()});
+  ASSERT_EQ(streamed.exit_code, 0) << streamed.output;
+  std::string text;
+  auto events = ndjson(streamed.output);
+  for (const auto& e : events) text += e.value("response", "");
+  EXPECT_TRUE(events.back()["done"].get<bool>());
+  EXPECT_NE(text.find("Paris"), std::string::npos) << text;
+  body["stream"] = false;
+  auto whole = run_command({"curl", "-sS", "--unix-socket", sock, "http://gptqd/api/generate", "-d", body.dump()});
+  ASSERT_EQ(whole.exit_code, 0);
+  EXPECT_EQ(json::parse(whole.output)["response"], text);
+
+  json oa = {{"model", kModel}, {"messages", json::array({{{"role", "user"}, {"content", "What is the capital of France?"}}})},
+             {"max_tokens", 16}, {"temperature", 0}, {"stream", true}};
+  auto sse = run_command({"curl", "-sS", "-N", "--unix-socket", sock, "http://gptqd/v1/chat/completions", "-H",
+                          "Content-Type: application/json", "-d", oa.dump()});
+  ASSERT_EQ(sse.exit_code, 0);
+  EXPECT_EQ(sse.output.rfind("data: {", 0), 0u) << sse.output.substr(0, 200);
+  EXPECT_NE(sse.output.find("data: [DONE]\n\n"), std::string::npos);
+  std::string content;
+  for (size_t pos = 0; (pos = sse.output.find("data: {", pos)) != std::string::npos; ++pos) {
+    json chunk = json::parse(sse.output.substr(pos + 6, sse.output.find('\n', pos) - pos - 6));
+    content += chunk["choices"][0]["delta"].value("content", "");
+  }
+  oa["stream"] = false;
+  auto one = run_command({"curl", "-sS", "--unix-socket", sock, "http://gptqd/v1/chat/completions", "-d", oa.dump()});
+  EXPECT_EQ(json::parse(one.output)["choices"][0]["message"]["content"], content);
+  EXPECT_NE(content.find("Paris"), std::string::npos) << content;
+}
+
+// The interactive chat behind a pseudo-terminal (util-linux `script`): two turns that depend on
+// each other, /set, /clear, /bye.
+TEST_F(ServingTest, InteractiveChat) {
+  const std::string cmd = gptqctl_binary().string() + " --socket " + daemon_->socket().string() + " run " + kModel;
+  std::string input =
+      "/set temperature 0\n"
+      "/set num_predict 24\n"
+      "What is the capital of France?\n"
+      "/set nonsense 1\n"
+      "/clear\n"
+      "/bye\n";
+  auto r = run_command({"script", "-q", "-e", "-c", cmd, "/dev/null"}, {}, &input);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("set temperature to 0"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("Paris"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("unknown setting 'nonsense'"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("conversation cleared"), std::string::npos) << r.output;
 }
 
 TEST_F(ServingTest, SeveralClientsAreServedAtOnce) {
