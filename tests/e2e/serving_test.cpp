@@ -386,31 +386,51 @@ TEST_F(ServingTest, KeepAliveZeroUnloads) {
 }
 
 // A daemon with room for one request at a time and one waiting: the third gets a fast 503.
+// State is observed, not timed: the first request is streaming, the second shows as queued in
+// /api/ps, then the third is refused; hanging up on the first two cancels them.
 TEST(ServingLimits, FullQueueGets503) {
   GPTQD_REQUIRE_FILE(test_model_path());
   TempDir dir;
   DaemonProcess d(dir.path());
   ASSERT_TRUE(d.start({}, {"--parallel", "1", "--max-queue", "1"})) << d.log();
   ASSERT_EQ(d.ctl({"pull", test_model_path().string()}).exit_code, 0);
-  // Load the model first, so the timing below is about generation only.
-  ASSERT_EQ(http_request(d.socket(), "POST", "/api/generate", json{{"model", kModel}, {"stream", false}}.dump()).status, 200);
-  auto long_request = [&d] {
-    // A raw count that does not end by itself: several seconds of decoding.
-    return http_request(d.socket(), "POST", "/api/generate",
-                        json{{"model", kModel}, {"prompt", "1, 2, 3, 4,"}, {"raw", true}, {"stream", false},
-                             {"options", {{"temperature", 0}, {"repeat_penalty", 1.0}, {"num_predict", 200}}}}.dump());
+  const std::string body = json{{"model", kModel}, {"prompt", "1, 2, 3, 4,"}, {"raw", true},
+                                {"options", {{"temperature", 0}, {"repeat_penalty", 1.0}, {"num_predict", 2000}}}}.dump();
+  const std::string req = "POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Length: " + std::to_string(body.size()) +
+                          "\r\n\r\n" + body;
+  auto open_stream = [&] {
+    int fd = connect_unix(d.socket());
+    ::send(fd, req.data(), req.size(), MSG_NOSIGNAL);
+    return fd;
   };
-  auto a = std::async(std::launch::async, long_request);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // a is running
-  auto b = std::async(std::launch::async, long_request);
-  std::this_thread::sleep_for(std::chrono::milliseconds(300));   // b is queued
+  auto ps = [&] { return json::parse(http_request(d.socket(), "GET", "/api/ps").body); };
+  int a = open_stream();
+  ASSERT_GE(a, 0);
+  pollfd p{a, POLLIN, 0};
+  ASSERT_GT(::poll(&p, 1, 120000), 0) << "the first request never started";
+  int b = open_stream();
+  bool queued = false;
+  for (int i = 0; i < 600 && !queued; ++i) {
+    json st = ps();
+    queued = !st["models"].empty() && st["models"][0]["queued"] == 1;
+    if (!queued) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  ASSERT_TRUE(queued) << ps().dump();
   auto t0 = std::chrono::steady_clock::now();
-  HttpReply c = long_request();
+  HttpReply c = http_request(d.socket(), "POST", "/api/generate", body);
   EXPECT_EQ(c.status, 503) << c.body;
   EXPECT_NE(c.body.find("queue is full"), std::string::npos) << c.body;
-  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(2));
-  EXPECT_EQ(a.get().status, 200);
-  EXPECT_EQ(b.get().status, 200);
+  EXPECT_NE(c.headers.find("Retry-After"), std::string::npos);
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(5));
+  ::close(a);
+  ::close(b);
+  bool drained = false;
+  for (int i = 0; i < 1200 && !drained; ++i) {
+    json st = ps();
+    drained = !st["models"].empty() && st["models"][0]["active"] == 0 && st["models"][0]["queued"] == 0;
+    if (!drained) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(drained) << "hanging up did not cancel the requests: " << ps().dump();
 }
 
 }  // namespace
