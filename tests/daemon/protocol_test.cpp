@@ -123,6 +123,72 @@ TEST(Manifest, SortedAndComplete) {
   EXPECT_EQ(manifest_text(files), "a.safetensors sha256:aa 10\nb.json sha256:bb 2\n");
 }
 
+TEST(KeepAlive, DurationsAndNumbers) {
+  EXPECT_EQ(parse_keep_alive(json("5m")), 300);
+  EXPECT_EQ(parse_keep_alive(json("1h30m")), 5400);
+  EXPECT_EQ(parse_keep_alive(json("45s")), 45);
+  EXPECT_EQ(parse_keep_alive(json("1500ms")), 1);
+  EXPECT_EQ(parse_keep_alive(json("0")), 0);
+  EXPECT_EQ(parse_keep_alive(json("-1")), -1);
+  EXPECT_EQ(parse_keep_alive(json(-5)), -1);
+  EXPECT_EQ(parse_keep_alive(json(120)), 120);
+  EXPECT_EQ(parse_keep_alive(json(nullptr)), std::nullopt);
+  EXPECT_THROW(parse_keep_alive(json("5 minutes")), RequestError);
+  EXPECT_THROW(parse_keep_alive(json("5d")), RequestError);
+  EXPECT_THROW(parse_keep_alive(json::array()), RequestError);
+}
+
+TEST(GenOptions, TypesAndUnknownKeys) {
+  auto o = GenOptions::from_json(json{{"temperature", 0.2}, {"top_k", 5}, {"seed", 7}, {"stop", "END"},
+                                      {"num_thread", 8}},  // an Ollama option with no meaning here: ignored
+                                 "options.");
+  EXPECT_EQ(o.temperature, 0.2);
+  EXPECT_EQ(o.top_k, 5);
+  EXPECT_EQ(o.seed, 7u);
+  ASSERT_TRUE(o.stop);
+  EXPECT_EQ(*o.stop, std::vector<std::string>{"END"});
+  EXPECT_FALSE(GenOptions::from_json(json{{"seed", -1}}, "options.").seed) << "-1 means a random seed";
+  EXPECT_EQ(GenOptions::from_json(json{{"top_k", 40.0}}, "options.").top_k, 40) << "integral floats are integers";
+  auto expect_error = [](const json& j, const std::string& what) {
+    try {
+      GenOptions::from_json(j, "options.");
+      ADD_FAILURE() << j.dump() << " accepted";
+    } catch (const RequestError& e) {
+      EXPECT_NE(std::string(e.what()).find(what), std::string::npos) << e.what();
+    }
+  };
+  expect_error(json{{"temperature", "hot"}}, "\"options.temperature\" must be a number, found a string");
+  expect_error(json{{"top_k", 1.5}}, "\"options.top_k\" must be an integer");
+  expect_error(json{{"mystery", 1}}, "unknown option \"options.mystery\"");
+  expect_error(json{{"stop", json::array({1})}}, "options.stop[]");
+  expect_error(json{{"seed", -3}}, "seed");
+  expect_error(json::array(), "must be an object");
+}
+
+TEST(OpenAiRequest, DefaultsAndLimits) {
+  json msgs = json::array({{{"role", "user"}, {"content", "hi"}}});
+  auto r = OpenAiRequest::from_json(json{{"model", "m"}, {"messages", msgs}}, true);
+  EXPECT_EQ(r.options.temperature, 1.0) << "OpenAI's default, not Ollama's";
+  EXPECT_EQ(r.options.top_p, 1.0);
+  EXPECT_EQ(r.options.top_k, 0);
+  EXPECT_EQ(r.options.repeat_penalty, 1.0);
+  EXPECT_FALSE(r.stream);
+  auto parts = OpenAiRequest::from_json(
+      json{{"model", "m"},
+           {"messages", json::array({{{"role", "user"},
+                                      {"content", json::array({{{"type", "text"}, {"text", "a"}}, {{"type", "text"}, {"text", "b"}}})}}})},
+           {"max_completion_tokens", 5}},
+      true);
+  EXPECT_EQ(parts.messages[0].content, "ab");
+  EXPECT_EQ(parts.options.num_predict, 5);
+  EXPECT_THROW(OpenAiRequest::from_json(json{{"model", "m"}, {"messages", msgs}, {"n", 3}}, true), RequestError);
+  EXPECT_THROW(OpenAiRequest::from_json(json{{"model", "m"}, {"messages", msgs}, {"temperature", 2.5}}, true), RequestError);
+  EXPECT_THROW(OpenAiRequest::from_json(json{{"model", "m"}, {"prompt", json::array({"a", "b"})}}, false), RequestError);
+  EXPECT_EQ(OpenAiRequest::from_json(json{{"model", "m"}, {"prompt", "go"}}, false).prompt, "go");
+  json image = json::array({{{"role", "user"}, {"content", json::array({{{"type", "image_url"}}})}}});
+  EXPECT_THROW(OpenAiRequest::from_json(json{{"model", "m"}, {"messages", image}}, true), RequestError);
+}
+
 TEST(DefaultSocket, FollowsTheEnvironment) {
   ::setenv("RUNTIME_DIRECTORY", "/run/gptqd:/run/other", 1);
   EXPECT_EQ(default_socket_path(), "/run/gptqd/gptqd.sock");

@@ -177,6 +177,49 @@ TEST(Registry, RefusesADamagedDatabaseAndLeavesItAlone) {
   EXPECT_EQ(test::read_file(dir / "junk.db"), std::string(8192, 'x'));
 }
 
+TEST(Registry, MigratesAVersion1DatabaseKeepingItsRows) {
+  test::TempDir dir;
+  {
+    auto reg = Registry::open(dir / "registry.db");
+    reg->add(make_tag("m", "t", {{"f", digest('a'), 1}}));
+  }
+  // Turn it back into what gptqd 0.1 schema v1 wrote.
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open((dir / "registry.db").c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db, "DROP TABLE dataset_files; DROP TABLE datasets; PRAGMA user_version = 1", nullptr, nullptr,
+                         nullptr),
+            SQLITE_OK);
+  sqlite3_close(db);
+  auto reg = Registry::open(dir / "registry.db");
+  EXPECT_EQ(reg->schema_version(), 2);
+  EXPECT_TRUE(reg->find("m", "t"));
+  reg->add_dataset("d", {{"a.txt", digest('b'), 3}});
+  EXPECT_TRUE(reg->find_dataset("d"));
+}
+
+TEST(Registry, DatasetsKeepTheirBlobs) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  reg->add_dataset("wiki", {{"b.raw", digest('b'), 20}, {"a.raw", digest('a'), 10}});
+  auto d = reg->find_dataset("wiki");
+  ASSERT_TRUE(d);
+  ASSERT_EQ(d->files.size(), 2u);
+  EXPECT_EQ(d->files[0].name, "b.raw") << "files keep the order they were given in";
+  EXPECT_EQ(d->files[1].size_bytes, 10u);
+  EXPECT_EQ(reg->datasets().size(), 1u);
+  try {
+    reg->add_dataset("wiki", {});
+    FAIL() << "duplicate dataset accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::conflict);
+  }
+  EXPECT_FALSE(reg->find_dataset("nope"));
+  // A model sharing a blob with the dataset: removing the model keeps the blob.
+  reg->add(make_tag("m", "t", {{"x", digest('a'), 10}}));
+  EXPECT_TRUE(reg->remove("m", "t").empty());
+  EXPECT_TRUE(reg->blob_digests().contains(digest('a')));
+}
+
 TEST(Registry, RefusesASymlinkedDatabase) {
   test::TempDir dir;
   Registry::open(dir / "real.db").reset();
