@@ -44,7 +44,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::string_view kMetaspace = "\xE2\x96\x81";  // "▁"
 constexpr std::string_view kUnkSurface = " \xE2\x81\x87 ";  // " ⁇ ", SentencePiece's text for <unk>
 constexpr size_t kMaxCachedWordBytes = 256;
 constexpr size_t kMaxCacheEntries = 1u << 16;
@@ -54,20 +53,6 @@ uint64_t pair_key(int32_t left, int32_t right) {
 }
 
 bool starts_with(std::string_view s, std::string_view prefix) { return s.substr(0, prefix.size()) == prefix; }
-
-// "<0x0A>" -> 0x0A; -1 when `piece` is not of that form.
-int parse_byte_piece(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int v = 0;
-  for (const char c : piece.substr(3, 2)) {
-    v <<= 4;
-    if (c >= '0' && c <= '9') v |= c - '0';
-    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-    else return -1;
-  }
-  return v;
-}
 
 std::string byte_piece(uint8_t b) {
   static constexpr char kHex[] = "0123456789ABCDEF";
@@ -1325,6 +1310,20 @@ std::string replace_all(std::string s, std::string_view from, std::string_view t
   }
   out.append(s, pos, std::string::npos);
   return out;
+}
+
+// "<0x0A>" -> 0x0A; -1 when `piece` is not of that form.
+int parse_byte_piece(std::string_view piece) {
+  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
+  int v = 0;
+  for (const char c : piece.substr(3, 2)) {
+    v <<= 4;
+    if (c >= '0' && c <= '9') v |= c - '0';
+    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
+    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
+    else return -1;
+  }
+  return v;
 }
 
 }  // namespace gptqd::engine::tokenizer_detail

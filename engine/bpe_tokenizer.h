@@ -44,6 +44,10 @@ inline size_t utf8_char_length(std::string_view s, size_t pos) {
 bool utf8_is_valid(std::string_view s);
 // Replaces every maximal ill-formed subpart with U+FFFD (what Python's errors="replace" does).
 std::string utf8_sanitize(std::string_view s);
+// SentencePiece's word-boundary mark "▁" (U+2581).
+inline constexpr std::string_view kMetaspace = "\xE2\x96\x81";
+// "<0x0A>" -> 0x0A; -1 when `piece` is not of that form.
+int parse_byte_piece(std::string_view piece);
 // Every occurrence of `from` (non-empty) replaced by `to`.
 std::string replace_all(std::string s, std::string_view from, std::string_view to);
 void utf8_append(std::string& out, uint32_t cp);

@@ -17,22 +17,6 @@ namespace {
 
 using nlohmann::json;
 
-constexpr std::string_view kSpace = "\xE2\x96\x81";  // "▁"
-
-// "<0x0A>" -> 0x0A; -1 when `piece` is not of that form.
-int parse_byte_piece(std::string_view piece) {
-  if (piece.size() != 6 || piece.substr(0, 3) != "<0x" || piece[5] != '>') return -1;
-  int v = 0;
-  for (const char c : piece.substr(3, 2)) {
-    v <<= 4;
-    if (c >= '0' && c <= '9') v |= c - '0';
-    else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-    else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-    else return -1;
-  }
-  return v;
-}
-
 class SentencePieceTokenizer final : public TokenizerBase {
  public:
   SentencePieceTokenizer(std::string_view model_bytes, const std::string& where, const json* config,
@@ -65,7 +49,7 @@ class SentencePieceTokenizer final : public TokenizerBase {
       } else if (const int b = sp_.IsByte(id) ? parse_byte_piece(p) : -1; b >= 0) {
         token_bytes_[static_cast<size_t>(id)] = std::string(1, static_cast<char>(b));
       } else {
-        token_bytes_[static_cast<size_t>(id)] = replace_all(p, kSpace, " ");
+        token_bytes_[static_cast<size_t>(id)] = replace_all(p, kMetaspace, " ");
       }
     }
     for (size_t i = 0; i < extra_.size(); ++i) {
@@ -80,7 +64,7 @@ class SentencePieceTokenizer final : public TokenizerBase {
     // removes that space again, as SentencePiece's decoder does.
     std::vector<std::string> probe;
     const bool dummy_prefix = sp_.Encode("a", &probe).ok() && !probe.empty() &&
-                              std::string_view(probe[0]).substr(0, kSpace.size()) == kSpace;
+                              std::string_view(probe[0]).substr(0, kMetaspace.size()) == kMetaspace;
     set_decode_strips_leading_space(dummy_prefix);
   }
 
