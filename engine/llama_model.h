@@ -36,6 +36,9 @@ class LlamaModel {
   const Tokenizer& tokenizer() const { return *tokenizer_; }
   Backend& backend() const { return *backend_; }
   uint64_t weights_bytes() const { return weights_.size_bytes(); }
+  // For the quantizer, which runs layers one at a time with weights of its own (LayerPass).
+  const LlamaWeights& weights() const { return weights_; }
+  const std::vector<float>& inv_freq() const { return inv_freq_; }
 
   // Runs `tokens` at positions session.pos() .. and appends them to the session's cache.
   // logits: [vocab] for the last token, or [tokens.size(), vocab] when all_positions.

@@ -15,6 +15,7 @@
 #include <set>
 #include <tuple>
 
+#include "engine/atomic_file.h"
 #include "engine/error.h"
 #include "engine/json_strict.h"
 #include "kernels/cpu/half.h"
@@ -159,27 +160,6 @@ StTensor parse_tensor_entry(const std::string& file, const std::string& name, co
                 " bytes but ", to_string(t.dtype), " ", shape_string(t.shape), " needs ", n_bytes);
   }
   return t;
-}
-
-std::string errno_text(int err) { return std::strerror(err); }
-
-// Writes all of `data` to `fd`; returns 0 or the errno.
-int write_all(int fd, const std::byte* data, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, data, std::min<size_t>(n, 1u << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    data += w;
-    n -= static_cast<size_t>(w);
-  }
-  return 0;
-}
-
-[[noreturn]] void fail_write(const std::filesystem::path& target, const char* what, int err) {
-  fail(err == ENOSPC || err == EDQUOT ? ErrorCode::no_space : ErrorCode::io, "cannot write ",
-       target.string(), ": ", what, ": ", errno_text(err));
 }
 
 }  // namespace
@@ -506,37 +486,16 @@ void write_safetensors(const std::filesystem::path& path, std::span<const StWrit
   header_text.append((8 - header_text.size() % 8) % 8, ' ');
   const uint64_t n_header = header_text.size();
 
-  const std::filesystem::path partial = path.string() + ".partial";
-  int fd = ::open(partial.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) fail_write(path, "open", errno);
-  auto abandon = [&](const char* what, int err) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(partial.c_str());
-    fail_write(path, what, err);
-  };
-  int err = write_all(fd, reinterpret_cast<const std::byte*>(&n_header), 8);
-  if (!err) err = write_all(fd, reinterpret_cast<const std::byte*>(header_text.data()), header_text.size());
-  for (const StWriteTensor* t : order) {
-    if (err) break;
-    err = write_all(fd, t->data.data(), t->data.size());
-  }
-  if (err) abandon("write", err);
-  if (::fsync(fd) != 0) abandon("fsync", errno);
-  if (::close(fd) != 0) {
-    fd = -1;
-    abandon("close", errno);
-  }
-  fd = -1;
-  if (::rename(partial.c_str(), path.c_str()) != 0) abandon("rename", errno);
-
-  std::filesystem::path dir = path.parent_path();
-  if (dir.empty()) dir = ".";
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) fail_write(path, "open directory", errno);
-  const int sync_rc = ::fsync(dir_fd);
-  const int sync_err = errno;
-  ::close(dir_fd);
-  if (sync_rc != 0) fail_write(path, "fsync directory", sync_err);
+  write_file_atomic(path, [&](int fd) {
+    int err = write_all(fd, &n_header, 8);
+    if (!err) err = write_all(fd, header_text.data(), header_text.size());
+    for (const StWriteTensor* t : order) {
+      if (err) break;
+      err = write_all(fd, t->data.data(), t->data.size());
+    }
+    return err;
+  });
+  fsync_dir(path.parent_path());
 }
 
 }  // namespace gptqd::engine
