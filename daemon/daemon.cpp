@@ -16,6 +16,8 @@
 #include <ctime>
 #include <vector>
 
+#include <boost/asio/co_spawn.hpp>
+
 #include "daemon/handlers.h"
 #include "daemon/log.h"
 #include "engine/error.h"
@@ -158,9 +160,13 @@ int Daemon::run(const std::function<void()>& on_ready) {
   limits.max_queued = static_cast<int>(cfg_.max_queue);
   worker_ = std::make_unique<DeviceWorker>(cfg_.device == "auto" ? "cpu" : cfg_.device, static_cast<int>(cfg_.threads),
                                            limits);
+  jobs_ = std::make_unique<JobManager>(*this);
   server_ = std::make_unique<HttpServer>(io_, cfg_, make_dispatcher(*this));
   server_->listen();
   server_->start();
+  asio::co_spawn(io_, jobs_->resume_all(), [](std::exception_ptr e) {
+    if (e) log_error("resuming quantize jobs failed");
+  });
 
   signals_ = std::make_unique<asio::signal_set>(io_, SIGTERM, SIGINT);
   signals_->async_wait([this](const boost::system::error_code& ec, int sig) {
@@ -172,6 +178,7 @@ int Daemon::run(const std::function<void()>& on_ready) {
   io_.run();  // returns when nothing is left: see begin_shutdown()
   worker_->shutdown();
   pool_.join();
+  jobs_.reset();
   signals_.reset();
   grace_timer_.reset();
   server_.reset();

@@ -19,6 +19,7 @@
 #include "daemon/daemon_config.h"
 #include "daemon/device_worker.h"
 #include "daemon/http_server.h"
+#include "daemon/jobs.h"
 #include "daemon/registry.h"
 
 namespace gptqd::daemon {
@@ -38,6 +39,7 @@ class Daemon {
   Registry& registry() { return *registry_; }
   BlobStore& blobs() { return *blobs_; }
   DeviceWorker& worker() { return *worker_; }
+  JobManager& jobs() { return *jobs_; }
   int64_t started_at() const { return started_at_; }
   bool stopping() const { return stopping_; }
 
@@ -63,6 +65,7 @@ class Daemon {
   std::unique_ptr<Registry> registry_;
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<DeviceWorker> worker_;
+  std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<asio::signal_set> signals_;
   std::unique_ptr<asio::steady_timer> grace_timer_;

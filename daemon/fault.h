@@ -9,7 +9,12 @@
 namespace gptqd::daemon {
 
 // Names in use: "import.after_stage" (files copied to tmp/), "import.after_blobs" (blobs renamed
-// into blobs/, registry not yet committed).
+// into blobs/, registry not yet committed), "quantize.after_layer.N" (layer N of a quantize job
+// recorded in the registry).
 void fault_point(std::string_view name);
+
+// GPTQD_FAULT_DISK_FULL=<name>: throws Error(no_space) at that point, as a full disk would.
+// Names in use: "quantize.checkpoint" (after the checkpoint's files were written).
+void fault_disk_full(std::string_view name);
 
 }  // namespace gptqd::daemon

@@ -213,11 +213,15 @@ class OpenAiRenderer : public Renderer {
 // Resolves the model, submits the task, relays its events. Errors before the first token
 // become the route's error response; later ones end the stream.
 awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& model_text, GenerationSpec spec,
-                               std::optional<int64_t> keep_alive, bool stream, Renderer& r) {
+                               std::optional<int64_t> keep_alive, bool stream, bool allow_failed_quality, Renderer& r) {
   std::string error;
   http::status status = http::status::ok;
   try {
     RegistryTag tag = find_or_404(d, parse_ref(model_text));
+    if (tag.state == "failed-quality" && !allow_failed_quality) {
+      fail(ErrorCode::conflict, "model ", tag.name, ":", tag.tag,
+           " failed its quantization quality check (see gptqctl show); pass \"allow_failed_quality\": true to use it anyway");
+    }
     const auto t0 = std::chrono::steady_clock::now();
     auto exec = co_await asio::this_coro::executor;
     auto events = std::make_shared<AsyncQueue<GenerationEvent>>(exec);
@@ -282,14 +286,6 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
   co_await w.send_json(status, body);
 }
 
-std::string read_whole_file(const std::filesystem::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  if (!in) fail(ErrorCode::io, "cannot read ", p.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
 }  // namespace
 
 awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w) {
@@ -302,7 +298,7 @@ awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w) {
   spec.options = to_engine(r.options);
   spec.num_ctx = num_ctx_of(r.options);
   OllamaRenderer renderer(r.model, false);
-  co_await run_generation(d, w, r.model, std::move(spec), r.keep_alive, r.stream, renderer);
+  co_await run_generation(d, w, r.model, std::move(spec), r.keep_alive, r.stream, r.allow_failed_quality, renderer);
 }
 
 awaitable<void> handle_chat(Daemon& d, Request& req, ResponseWriter& w) {
@@ -314,7 +310,7 @@ awaitable<void> handle_chat(Daemon& d, Request& req, ResponseWriter& w) {
   spec.options = to_engine(r.options);
   spec.num_ctx = num_ctx_of(r.options);
   OllamaRenderer renderer(r.model, true);
-  co_await run_generation(d, w, r.model, std::move(spec), r.keep_alive, r.stream, renderer);
+  co_await run_generation(d, w, r.model, std::move(spec), r.keep_alive, r.stream, r.allow_failed_quality, renderer);
 }
 
 namespace {
@@ -337,7 +333,7 @@ awaitable<void> handle_openai(Daemon& d, Request& req, ResponseWriter& w, bool c
     spec.options = to_engine(r.options);
     spec.num_ctx = num_ctx_of(r.options);
     OpenAiRenderer renderer(r.model, chat);
-    co_await run_generation(d, w, r.model, std::move(spec), std::nullopt, r.stream, renderer);
+    co_await run_generation(d, w, r.model, std::move(spec), std::nullopt, r.stream, r.allow_failed_quality, renderer);
     co_return;
   } catch (const Error& e) {
     error = e.what();
@@ -383,29 +379,8 @@ awaitable<void> handle_ps(Daemon& d, Request&, ResponseWriter& w) {
 awaitable<void> handle_eval(Daemon& d, Request& req, ResponseWriter& w) {
   auto r = parse_request<protocol::EvalRequest>(req);
   RegistryTag tag = find_or_404(d, parse_ref(r.model));
-  // The dataset: a registered NAME, or (admin only: the daemon reads it) an absolute path.
-  std::vector<std::pair<std::string, std::filesystem::path>> files;
-  if (!r.dataset.empty() && r.dataset.front() == '/') {
-    if (!d.is_admin(req.peer)) {
-      fail(ErrorCode::permission_denied, "reading a file by path needs admin rights; register it with `gptqctl dataset add`");
-    }
-    files.emplace_back(std::filesystem::path(r.dataset).filename().string(), r.dataset);
-  } else {
-    auto ds = d.registry().find_dataset(r.dataset);
-    if (!ds) {
-      fail(ErrorCode::not_found, "dataset '", r.dataset, "' not found; register it with `gptqctl dataset add ", r.dataset,
-           " FILE...`");
-    }
-    for (const auto& f : ds->files) files.emplace_back(f.name, d.blobs().blob_path(f.digest));
-  }
-  auto build_text = [files] {
-    std::vector<std::string> rows;
-    for (const auto& [name, path] : files) {
-      auto part = engine::dataset_rows(name, read_whole_file(path));
-      rows.insert(rows.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
-    }
-    return engine::join_rows(rows);
-  };
+  auto files = dataset_files(d, r.dataset, d.is_admin(req.peer));
+  auto build_text = [files] { return dataset_text(files); };
   EvalSpec spec;
   spec.text = co_await run_blocking(d.pool(), std::move(build_text));
   spec.seqlen = r.seqlen;

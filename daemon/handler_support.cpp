@@ -2,8 +2,12 @@
 // Helpers shared by the handlers (daemon layer).
 #include "daemon/handler_support.h"
 
+#include <fstream>
+#include <sstream>
+
 #include "daemon/daemon.h"
 #include "engine/json_strict.h"
+#include "engine/perplexity.h"
 
 namespace gptqd::daemon::handlers {
 
@@ -56,6 +60,8 @@ ModelEntry to_entry(const RegistryTag& t, bool detailed) {
   e.source_kind = t.source_kind;
   e.digest = t.digest;
   e.created_at = t.created_at;
+  e.state = t.state;
+  if (!t.quality_json.empty()) e.quality = json::parse(t.quality_json, nullptr, /*allow_exceptions=*/false);
   if (detailed) {
     e.config = json::parse(t.config_json, nullptr, /*allow_exceptions=*/false);
     for (const auto& f : t.files) e.files.push_back(protocol::FileEntry{f.name, f.digest, f.size_bytes});
@@ -77,6 +83,77 @@ ModelHandle model_handle(Daemon& d, const RegistryTag& t) {
   h.digest = t.digest;
   for (const auto& f : t.files) h.files.push_back(engine::SourceFile{f.name, d.blobs().blob_path(f.digest), f.size_bytes});
   return h;
+}
+
+// Releases what a failed or finished import holds: pins, and blobs no registry row references.
+void release_import(Daemon& d, const ImportOutcome& out, bool committed) {
+  std::set<std::string> known;
+  if (!committed) known = d.registry().blob_digests();
+  for (size_t i = 0; i < out.n_published; ++i) {
+    const std::string& digest = out.staged[i].digest;
+    d.blobs().unpin(digest);
+    if (!committed && !known.contains(digest)) d.blobs().remove_unless_pinned(digest);
+  }
+}
+
+RegistryTag tag_from_import(const ImportOutcome& out, const ModelRef& ref, const std::string& source_kind,
+                            const std::string& source) {
+  const engine::ModelInfo& info = out.info;
+  RegistryTag t;
+  t.name = ref.name;
+  t.tag = ref.tag;
+  t.format = engine::to_string(info.format);
+  t.architecture = info.config.architecture;
+  t.n_params = info.n_params;
+  t.dtype = info.dtype;
+  t.source_kind = source_kind;
+  t.source = source;
+  t.config_json = info.config.to_json().dump();
+  t.size_bytes = info.size_bytes;
+  std::vector<protocol::FileEntry> manifest;
+  for (const auto& s : out.staged) {
+    t.files.push_back(RegistryFile{s.name, s.digest, s.size_bytes});
+    manifest.push_back(protocol::FileEntry{s.name, s.digest, s.size_bytes});
+  }
+  t.digest = sha256_digest(protocol::manifest_text(manifest));
+  return t;
+}
+
+DatasetFiles dataset_files(Daemon& d, const std::string& dataset, bool admin) {
+  DatasetFiles files;
+  if (!dataset.empty() && dataset.front() == '/') {
+    if (!admin) {
+      fail(ErrorCode::permission_denied, "reading a file by path needs admin rights; register it with `gptqctl dataset add`");
+    }
+    std::error_code ec;
+    if (!std::filesystem::is_regular_file(dataset, ec)) fail(ErrorCode::not_found, "no such file: ", dataset);
+    files.emplace_back(std::filesystem::path(dataset).filename().string(), dataset);
+    return files;
+  }
+  auto ds = d.registry().find_dataset(dataset);
+  if (!ds) {
+    fail(ErrorCode::not_found, "dataset '", dataset, "' not found; register it with `gptqctl dataset add ", dataset,
+         " FILE...`");
+  }
+  for (const auto& f : ds->files) files.emplace_back(f.name, d.blobs().blob_path(f.digest));
+  return files;
+}
+
+std::string dataset_text(const DatasetFiles& files) {
+  std::vector<std::string> rows;
+  for (const auto& [name, path] : files) {
+    auto part = engine::dataset_rows(name, read_whole_file(path));
+    rows.insert(rows.end(), std::make_move_iterator(part.begin()), std::make_move_iterator(part.end()));
+  }
+  return engine::join_rows(rows);
+}
+
+std::string read_whole_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  if (!in) fail(ErrorCode::io, "cannot read ", p.string());
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
 }
 
 }  // namespace gptqd::daemon::handlers

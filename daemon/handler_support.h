@@ -7,10 +7,14 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <nlohmann/json.hpp>
+#include <filesystem>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "daemon/device_worker.h"
 #include "daemon/http_server.h"
+#include "daemon/importer.h"
 #include "daemon/protocol.h"
 #include "daemon/registry.h"
 #include "engine/error.h"
@@ -43,6 +47,21 @@ RegistryTag find_or_404(Daemon& d, const protocol::ModelRef& ref);
 // The registry entry resolved to blob paths, for the device worker.
 ModelHandle model_handle(Daemon& d, const RegistryTag& t);
 
+// The registry row of a finished import: metadata from the inspected copies, files, manifest digest.
+RegistryTag tag_from_import(const ImportOutcome& out, const protocol::ModelRef& ref, const std::string& source_kind,
+                            const std::string& source);
+
+// Releases what a failed or finished import holds: pins, and blobs no registry row references.
+void release_import(Daemon& d, const ImportOutcome& out, bool committed);
+
+// The files of a dataset: a registered NAME, or (admin only: the daemon reads it) an absolute
+// path. Error(not_found | permission_denied) with what to do.
+using DatasetFiles = std::vector<std::pair<std::string, std::filesystem::path>>;  // (name, path)
+DatasetFiles dataset_files(Daemon& d, const std::string& dataset, bool admin);
+// Blocking: the rows of every file joined with "\n\n" (engine::join_rows).
+std::string dataset_text(const DatasetFiles& files);
+std::string read_whole_file(const std::filesystem::path& p);
+
 // Generation, evaluation and datasets (generate_handlers.cpp).
 boost::asio::awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w);
 boost::asio::awaitable<void> handle_chat(Daemon& d, Request& req, ResponseWriter& w);
@@ -53,6 +72,13 @@ boost::asio::awaitable<void> handle_ps(Daemon& d, Request& req, ResponseWriter& 
 boost::asio::awaitable<void> handle_eval(Daemon& d, Request& req, ResponseWriter& w);
 boost::asio::awaitable<void> handle_dataset_add(Daemon& d, Request& req, ResponseWriter& w);
 boost::asio::awaitable<void> handle_dataset_list(Daemon& d, Request& req, ResponseWriter& w);
+
+// Quantize jobs and blob downloads (job_handlers.cpp).
+boost::asio::awaitable<void> handle_quantize(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_jobs(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_job(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_job_cancel(Daemon& d, Request& req, ResponseWriter& w);
+boost::asio::awaitable<void> handle_blob(Daemon& d, Request& req, ResponseWriter& w);
 
 }  // namespace handlers
 }  // namespace gptqd::daemon

@@ -14,6 +14,10 @@
 //   POST   /api/eval         perplexity job: {"model", "dataset", "seqlen", "max_windows"} -> NDJSON
 //   GET    /api/datasets     registered datasets
 //   POST   /api/datasets     {"name", "files": [abs paths]}                           (admin)
+//   POST   /api/quantize     QuantizeRequest -> {"job", ...} or, with "stream", NDJSON   (admin)
+//   GET    /api/jobs         {"jobs": [...]};  GET /api/jobs/{id}[?stream=true]: one job / its events
+//   DELETE /api/jobs/{id}    cancel                                                   (admin)
+//   GET    /api/blobs/{digest}  the bytes of a registered file (gptqctl export)
 //   POST   /v1/chat/completions, POST /v1/completions (SSE when "stream"), GET /v1/models
 #include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
 
@@ -85,6 +89,10 @@ awaitable<void> handle_delete(Daemon& d, Request& req, ResponseWriter& w) {
   if (d.pulls_in_flight().contains(t.name + ":" + t.tag)) {
     fail(ErrorCode::conflict, "model ", t.name, ":", t.tag, " is being pulled; try again when the pull ends");
   }
+  if (d.jobs().uses_model(t.name, t.tag)) {
+    fail(ErrorCode::conflict, "a quantize job uses model ", t.name, ":", t.tag,
+         "; cancel it first (gptqctl jobs, gptqctl cancel ID)");
+  }
   std::vector<std::string> unreferenced = d.registry().remove(t.name, t.tag);
   uint64_t freed = 0;
   for (const auto& digest : unreferenced) {
@@ -101,17 +109,6 @@ awaitable<void> handle_delete(Daemon& d, Request& req, ResponseWriter& w) {
   log_info("deleted ", t.name, ":", t.tag, " (", unreferenced.size(), " blob(s) freed)");
   json body = {{"status", "success"}, {"model", t.name + ":" + t.tag}, {"freed_bytes", freed}};
   co_await w.send_json(http::status::ok, body);
-}
-
-// Releases what a failed or finished import holds: pins, and blobs no registry row references.
-void release_import(Daemon& d, const ImportOutcome& out, bool committed) {
-  std::set<std::string> known;
-  if (!committed) known = d.registry().blob_digests();
-  for (size_t i = 0; i < out.n_published; ++i) {
-    const std::string& digest = out.staged[i].digest;
-    d.blobs().unpin(digest);
-    if (!committed && !known.contains(digest)) d.blobs().remove_unless_pinned(digest);
-  }
 }
 
 awaitable<void> handle_pull(Daemon& d, Request& req, ResponseWriter& w) {
@@ -197,24 +194,7 @@ awaitable<void> handle_pull(Daemon& d, Request& req, ResponseWriter& w) {
       error = e.what();
     }
   } else {
-    const engine::ModelInfo& info = outcome->info;
-    RegistryTag t;
-    t.name = ref.name;
-    t.tag = ref.tag;
-    t.format = engine::to_string(info.format);
-    t.architecture = info.config.architecture;
-    t.n_params = info.n_params;
-    t.dtype = info.dtype;
-    t.source_kind = source_kind;
-    t.source = source.string();
-    t.config_json = info.config.to_json().dump();
-    t.size_bytes = info.size_bytes;
-    std::vector<protocol::FileEntry> manifest;
-    for (const auto& s : outcome->staged) {
-      t.files.push_back(RegistryFile{s.name, s.digest, s.size_bytes});
-      manifest.push_back(protocol::FileEntry{s.name, s.digest, s.size_bytes});
-    }
-    t.digest = sha256_digest(protocol::manifest_text(manifest));
+    RegistryTag t = tag_from_import(*outcome, ref, source_kind, source.string());
     try {
       d.registry().add(t);
       committed = true;
@@ -273,17 +253,30 @@ constexpr Route kRoutes[] = {
     {http::verb::get, "/api/ps", false, handle_ps},
     {http::verb::post, "/api/eval", false, handle_eval},
     {http::verb::get, "/api/datasets", false, handle_dataset_list},
+    {http::verb::post, "/api/quantize", true, handle_quantize},
+    {http::verb::get, "/api/jobs", false, handle_jobs},
+    {http::verb::get, "/api/jobs/{id}", false, handle_job},
+    {http::verb::delete_, "/api/jobs/{id}", true, handle_job_cancel},
+    {http::verb::get, "/api/blobs/{digest}", false, handle_blob},
     {http::verb::post, "/api/datasets", true, handle_dataset_add},
     {http::verb::post, "/v1/chat/completions", false, handle_openai_chat},
     {http::verb::post, "/v1/completions", false, handle_openai_completions},
     {http::verb::get, "/v1/models", false, handle_openai_models},
 };
 
+// "/api/jobs/7" -> "/api/jobs/{id}": the route patterns with one trailing parameter.
+std::string_view route_pattern(std::string_view path) {
+  if (path.starts_with("/api/jobs/") && path.size() > 10) return "/api/jobs/{id}";
+  if (path.starts_with("/api/blobs/") && path.size() > 11) return "/api/blobs/{digest}";
+  return path;
+}
+
 awaitable<void> dispatch(Daemon& d, Request& req, ResponseWriter& w) {
   const Route* route = nullptr;
   std::string allow;
+  const std::string_view pattern = route_pattern(req.path);
   for (const Route& r : kRoutes) {
-    if (r.path != req.path) continue;
+    if (r.path != pattern) continue;
     allow += (allow.empty() ? "" : ", ") + std::string(http::to_string(r.method));
     if (r.method == req.method) route = &r;
   }

@@ -365,6 +365,7 @@ GenerateRequest GenerateRequest::from_json(const json& j) {
   r.raw = opt_bool(j, "raw", false);
   r.stream = opt_bool(j, "stream", true);
   r.truncate = opt_bool(j, "truncate", false);
+  r.allow_failed_quality = opt_bool(j, "allow_failed_quality", false);
   if (auto it = j.find("keep_alive"); it != j.end()) r.keep_alive = parse_keep_alive(*it);
   if (auto it = j.find("options"); it != j.end()) r.options = GenOptions::from_json(*it, "options.");
   if (j.contains("images") && !j["images"].is_null()) throw RequestError("\"images\" are not supported by gptqd's text models");
@@ -393,6 +394,7 @@ ChatRequest ChatRequest::from_json(const json& j) {
   r.messages = parse_messages(j, "messages");
   r.stream = opt_bool(j, "stream", true);
   r.truncate = opt_bool(j, "truncate", false);
+  r.allow_failed_quality = opt_bool(j, "allow_failed_quality", false);
   if (auto it = j.find("keep_alive"); it != j.end()) r.keep_alive = parse_keep_alive(*it);
   if (auto it = j.find("options"); it != j.end()) r.options = GenOptions::from_json(*it, "options.");
   if (j.contains("tools") && !j["tools"].is_null() && !(j["tools"].is_array() && j["tools"].empty())) {
@@ -426,6 +428,7 @@ OpenAiRequest OpenAiRequest::from_json(const json& j, bool chat) {
     r.prompt = parts.front();
   }
   r.stream = opt_bool(j, "stream", false);
+  r.allow_failed_quality = opt_bool(j, "allow_failed_quality", false);
   if (auto n = opt_int(j, "n", ""); n && *n != 1) throw RequestError("\"n\" must be 1 (several choices are not supported)");
   std::optional<int64_t> max_tokens = opt_int(j, "max_completion_tokens", "");
   if (!max_tokens) max_tokens = opt_int(j, "max_tokens", "");
@@ -474,6 +477,85 @@ json EvalRequest::to_json() const {
   return json{{"model", model}, {"dataset", dataset}, {"seqlen", seqlen}, {"max_windows", max_windows}, {"stream", stream}};
 }
 
+QuantizeRequest QuantizeRequest::from_json(const json& j) {
+  require_object(j);
+  QuantizeRequest r;
+  r.model = opt_string(j, "model");
+  if (r.model.empty()) throw RequestError("field \"model\" is required");
+  if (auto m = opt_string(j, "method"); !m.empty()) r.method = lower(m);
+  if (r.method != "gptq" && r.method != "rtn") {
+    throw RequestError("\"method\" must be \"gptq\" or \"rtn\", not \"" + r.method + "\"");
+  }
+  if (auto v = opt_int(j, "bits", "")) {
+    if (*v != 2 && *v != 3 && *v != 4 && *v != 8) {
+      throw RequestError("\"bits\" = " + std::to_string(*v) + " is not supported (supported: 2, 3, 4, 8)");
+    }
+    r.bits = static_cast<int>(*v);
+  }
+  if (auto v = opt_int(j, "group_size", "")) r.group_size = *v;
+  if (r.group_size == 0 || r.group_size < -1 || r.group_size > (1 << 20)) {
+    throw RequestError("\"group_size\" must be a positive number of input features or -1 (one group), not " +
+                       std::to_string(r.group_size));
+  }
+  r.desc_act = opt_bool(j, "desc_act", false);
+  r.sym = opt_bool(j, "sym", true);
+  r.static_groups = opt_bool(j, "static_groups", false);
+  if (auto v = opt_number(j, "damp_percent", "")) r.damp_percent = *v;
+  if (!(r.damp_percent > 0 && r.damp_percent < 1)) {
+    throw RequestError("\"damp_percent\" must be between 0 and 1 (exclusive), e.g. 0.01");
+  }
+  r.calib = opt_string(j, "calib");
+  if (auto v = opt_int(j, "samples", "")) r.samples = *v;
+  if (r.samples < 1 || r.samples > 100000) throw RequestError("\"samples\" must be between 1 and 100000");
+  if (auto v = opt_int(j, "seqlen", "")) r.seqlen = *v;
+  if (r.seqlen < 2 || r.seqlen > (1 << 20)) throw RequestError("\"seqlen\" must be between 2 and 1048576");
+  if (auto v = opt_int(j, "seed", "")) {
+    if (*v < 0) throw RequestError("\"seed\" must be >= 0");
+    r.seed = static_cast<uint64_t>(*v);
+  }
+  r.tag = opt_string(j, "tag");
+  if (auto v = opt_string(j, "device"); !v.empty()) r.device = v;
+  r.eval = opt_string(j, "eval");
+  if (auto v = opt_int(j, "eval_windows", "")) r.eval_windows = *v;
+  if (r.eval_windows < 0 || r.eval_windows > 100000) throw RequestError("\"eval_windows\" must be between 0 and 100000");
+  if (auto v = opt_int(j, "eval_seqlen", "")) r.eval_seqlen = *v;
+  if (r.eval_seqlen < 2 || r.eval_seqlen > (1 << 20)) throw RequestError("\"eval_seqlen\" must be between 2 and 1048576");
+  if (auto v = opt_number(j, "max_ppl_ratio", "")) r.max_ppl_ratio = *v;
+  if (!(r.max_ppl_ratio >= 1)) throw RequestError("\"max_ppl_ratio\" must be >= 1");
+  r.stream = opt_bool(j, "stream", false);
+  return r;
+}
+
+json QuantizeRequest::to_json() const {
+  return json{{"model", model},
+              {"method", method},
+              {"bits", bits},
+              {"group_size", group_size},
+              {"desc_act", desc_act},
+              {"sym", sym},
+              {"static_groups", static_groups},
+              {"damp_percent", damp_percent},
+              {"calib", calib},
+              {"samples", samples},
+              {"seqlen", seqlen},
+              {"seed", seed},
+              {"tag", tag},
+              {"device", device},
+              {"eval", eval},
+              {"eval_windows", eval_windows},
+              {"eval_seqlen", eval_seqlen},
+              {"max_ppl_ratio", max_ppl_ratio},
+              {"stream", stream}};
+}
+
+std::string QuantizeRequest::default_tag() const {
+  std::string t = (method == "rtn" ? "rtn-" : "gptq-") + std::to_string(bits) + "b-g" +
+                  std::to_string(group_size);
+  if (desc_act && method == "gptq") t += "-act";
+  if (!sym) t += "-asym";
+  return t;
+}
+
 DatasetAddRequest DatasetAddRequest::from_json(const json& j) {
   require_object(j);
   DatasetAddRequest r;
@@ -519,6 +601,8 @@ json ModelEntry::to_json(bool detailed) const {
         {"quantization_level", dtype}}},
   };
   j["name"] = ref();
+  j["state"] = state;
+  if (!quality.is_null()) j["quality"] = quality;
   if (detailed) {
     j["model_info"] = config;
     json files_json = json::array();
@@ -543,6 +627,8 @@ ModelEntry ModelEntry::from_json(const json& j) {
   e.dtype = j.value("dtype", std::string());
   e.source = j.value("source", std::string());
   e.source_kind = j.value("source_kind", std::string());
+  e.state = j.value("state", std::string("ready"));
+  if (auto q = j.find("quality"); q != j.end()) e.quality = *q;
   if (auto d = j.find("details"); d != j.end() && d->is_object()) e.format = d->value("format", std::string());
   if (auto c = j.find("model_info"); c != j.end()) e.config = *c;
   if (auto fs = j.find("files"); fs != j.end() && fs->is_array()) {

@@ -102,6 +102,7 @@ struct GenerateRequest {
   bool raw = false;
   bool stream = true;
   bool truncate = false;                  // drop the oldest prompt tokens instead of a 400
+  bool allow_failed_quality = false;      // serve a tag that failed its quantization quality check
   std::optional<int64_t> keep_alive;
   GenOptions options;
   static GenerateRequest from_json(const nlohmann::json& j);
@@ -114,6 +115,7 @@ struct ChatRequest {
   std::vector<ChatMessageJson> messages;
   bool stream = true;
   bool truncate = false;                  // drop the oldest prompt tokens instead of a 400
+  bool allow_failed_quality = false;      // serve a tag that failed its quantization quality check
   std::optional<int64_t> keep_alive;
   GenOptions options;
   static ChatRequest from_json(const nlohmann::json& j);
@@ -127,6 +129,7 @@ struct OpenAiRequest {
   std::vector<ChatMessageJson> messages;  // chat
   std::string prompt;                     // completions
   bool stream = false;
+  bool allow_failed_quality = false;
   GenOptions options;                     // max_tokens -> num_predict, temperature, top_p, stop, seed, penalties
   static OpenAiRequest from_json(const nlohmann::json& j, bool chat);
 };
@@ -140,6 +143,34 @@ struct EvalRequest {
   bool stream = true;
   static EvalRequest from_json(const nlohmann::json& j);
   nlohmann::json to_json() const;
+};
+
+// POST /api/quantize: a GPTQ (or RTN) job producing a new tag of `model`. Defaults follow the
+// reference implementations (gptq-reference.md A.10, A.11).
+struct QuantizeRequest {
+  std::string model;                      // NAME[:TAG], an HF safetensors model
+  std::string method = "gptq";            // "gptq" | "rtn"
+  int bits = 4;                           // 2, 3, 4, 8
+  int64_t group_size = 128;               // > 0 or -1
+  bool desc_act = false;                  // act-order
+  bool sym = true;
+  bool static_groups = false;
+  double damp_percent = 0.01;             // 0 < d < 1
+  std::string calib;                      // dataset NAME or absolute file path (gptq: required)
+  int64_t samples = 128;
+  int64_t seqlen = 2048;
+  uint64_t seed = 0;
+  std::string tag;                        // default gptq-<bits>b-g<group>[-act] (rtn-... for rtn)
+  std::string device = "auto";            // auto | cpu | cuda:N
+  std::string eval;                       // dataset NAME or path for the quality report; "": held-out
+                                          // tail of the calibration text
+  int64_t eval_windows = 4;               // 0: skip the perplexity check
+  int64_t eval_seqlen = 512;
+  double max_ppl_ratio = 1.5;             // result ppl / source ppl above this: failed-quality
+  bool stream = false;                    // true: follow the job's progress as NDJSON
+  static QuantizeRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+  std::string default_tag() const;
 };
 
 // POST /api/datasets: register text files (plain text, or JSONL with a "text" field) as NAME.
@@ -171,6 +202,8 @@ struct ModelEntry {
   std::string source_kind;       // "gguf-file" | "hf-folder" | "hf-hub" | "quantized"
   std::string digest;            // "sha256:<hex>" of the manifest (file name -> digest)
   int64_t created_at = 0;        // unix seconds
+  std::string state = "ready";   // "ready" | "failed-quality" (not served unless asked for)
+  nlohmann::json quality;        // quantized tags: the quality report (null otherwise)
   nlohmann::json config;         // ModelConfig::to_json() (show only)
   std::vector<FileEntry> files;  // (show only)
 

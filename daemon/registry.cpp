@@ -75,6 +75,18 @@ CREATE TABLE dataset_files (
 );
 CREATE INDEX dataset_files_by_digest ON dataset_files(digest);
 )sql",
+    // v3: quantization jobs (finished layers, for resume) and the quality of quantized tags.
+    R"sql(
+ALTER TABLE tags ADD COLUMN state TEXT NOT NULL DEFAULT 'ready';
+ALTER TABLE tags ADD COLUMN quality_json TEXT NOT NULL DEFAULT '';
+CREATE TABLE job_layers (
+  job_id       INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+  layer        INTEGER NOT NULL,
+  report_json  TEXT NOT NULL,
+  finished_at  INTEGER NOT NULL,
+  PRIMARY KEY (job_id, layer)
+);
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 static_assert(kNumMigrations == Registry::kSchemaVersion);
@@ -245,12 +257,14 @@ RegistryTag Registry::read_tag_row(Stmt& s) {
   t.size_bytes = static_cast<uint64_t>(s.i64(11));
   t.digest = s.text(12);
   t.created_at = s.i64(13);
+  t.state = s.text(14);
+  t.quality_json = s.text(15);
   return t;
 }
 
 #define GPTQD_TAG_COLUMNS                                                                           \
   "t.id, m.name, t.tag, t.is_default, t.format, t.architecture, t.n_params, t.dtype, t.source_kind, " \
-  "t.source, t.config_json, t.size_bytes, t.digest, t.created_at"
+  "t.source, t.config_json, t.size_bytes, t.digest, t.created_at, t.state, t.quality_json"
 
 std::vector<RegistryFile> Registry::files_of(int64_t tag_id) {
   Stmt s(db_, "SELECT f.name, f.digest, b.size_bytes FROM files f JOIN blobs b ON b.digest = f.digest "
@@ -312,11 +326,11 @@ void Registry::add(const RegistryTag& t) {
     first = s.step() && s.i64(0) == 0;
   }
   Stmt(db_, "INSERT INTO tags(model_id, tag, is_default, format, architecture, n_params, dtype, source_kind, "
-          "source, config_json, size_bytes, digest, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+          "source, config_json, size_bytes, digest, created_at, state, quality_json) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)")
       .bind(1, model_id).bind(2, t.tag).bind(3, int64_t{first ? 1 : 0}).bind(4, t.format).bind(5, t.architecture)
       .bind(6, static_cast<int64_t>(t.n_params)).bind(7, t.dtype).bind(8, t.source_kind).bind(9, t.source)
       .bind(10, t.config_json).bind(11, static_cast<int64_t>(t.size_bytes)).bind(12, t.digest).bind(13, now)
-      .run();
+      .bind(14, t.state).bind(15, t.quality_json).run();
   const int64_t tag_id = sqlite3_last_insert_rowid(db_);
   for (const auto& f : t.files) {
     Stmt(db_, "INSERT OR IGNORE INTO blobs(digest, size_bytes, created_at) VALUES (?, ?, ?)")
@@ -423,10 +437,11 @@ std::vector<RegistryDataset> Registry::datasets() {
   return out;
 }
 
-int64_t Registry::add_job(const std::string& kind, const std::string& target, const std::string& params_json) {
+int64_t Registry::add_job(const std::string& kind, const std::string& target, const std::string& params_json,
+                          const std::string& state) {
   const int64_t now = now_s();
-  Stmt(db_, "INSERT INTO jobs(kind, state, target, params_json, created_at, updated_at) VALUES (?, 'running', ?, ?, ?, ?)")
-      .bind(1, kind).bind(2, target).bind(3, params_json).bind(4, now).bind(5, now).run();
+  Stmt(db_, "INSERT INTO jobs(kind, state, target, params_json, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)")
+      .bind(1, kind).bind(2, state).bind(3, target).bind(4, params_json).bind(5, now).bind(6, now).run();
   return sqlite3_last_insert_rowid(db_);
 }
 
@@ -436,7 +451,7 @@ void Registry::finish_job(int64_t id, const std::string& state, const std::strin
 }
 
 int Registry::fail_running_jobs(const std::string& reason) {
-  Stmt(db_, "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE state = 'running'")
+  Stmt(db_, "UPDATE jobs SET state = 'failed', error = ?, updated_at = ? WHERE state = 'running' AND kind != 'quantize'")
       .bind(1, reason).bind(2, now_s()).run();
   return sqlite3_changes(db_);
 }
@@ -448,6 +463,35 @@ std::vector<RegistryJob> Registry::jobs() {
     out.push_back(RegistryJob{s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4), s.text(5), s.i64(6), s.i64(7)});
   }
   return out;
+}
+
+std::optional<RegistryJob> Registry::job(int64_t id) {
+  Stmt s(db_, "SELECT id, kind, state, target, params_json, error, created_at, updated_at FROM jobs WHERE id = ?");
+  s.bind(1, id);
+  if (!s.step()) return std::nullopt;
+  return RegistryJob{s.i64(0), s.text(1), s.text(2), s.text(3), s.text(4), s.text(5), s.i64(6), s.i64(7)};
+}
+
+void Registry::add_job_layer(int64_t job_id, int64_t layer, const std::string& report_json) {
+  Transaction tx(db_);
+  Stmt(db_, "INSERT OR REPLACE INTO job_layers(job_id, layer, report_json, finished_at) VALUES (?, ?, ?, ?)")
+      .bind(1, job_id).bind(2, layer).bind(3, report_json).bind(4, now_s()).run();
+  Stmt(db_, "UPDATE jobs SET updated_at = ? WHERE id = ?").bind(1, now_s()).bind(2, job_id).run();
+  tx.commit();
+}
+
+std::vector<std::pair<int64_t, std::string>> Registry::job_layers(int64_t job_id) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  Stmt s(db_, "SELECT layer, report_json FROM job_layers WHERE job_id = ? ORDER BY layer");
+  s.bind(1, job_id);
+  while (s.step()) out.emplace_back(s.i64(0), s.text(1));
+  return out;
+}
+
+void Registry::set_tag_quality(const std::string& name, const std::string& tag, const std::string& state,
+                               const std::string& quality_json) {
+  Stmt(db_, "UPDATE tags SET state = ?, quality_json = ? WHERE tag = ? AND model_id = (SELECT id FROM models WHERE name = ?)")
+      .bind(1, state).bind(2, quality_json).bind(3, tag).bind(4, name).run();
 }
 
 }  // namespace gptqd::daemon

@@ -10,6 +10,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -40,13 +41,15 @@ struct RegistryTag {
   uint64_t size_bytes = 0;
   std::string digest;        // manifest digest
   int64_t created_at = 0;
+  std::string state = "ready"; // "ready" | "failed-quality" (kept for inspection, served only on request)
+  std::string quality_json;  // the quantization quality report ("" for pulled models)
   std::vector<RegistryFile> files;  // sorted by name
 };
 
 struct RegistryJob {
   int64_t id = 0;
-  std::string kind;          // "pull", later "quantize", "eval"
-  std::string state;         // "running" | "done" | "failed" | "cancelled"
+  std::string kind;          // "pull" | "quantize" | "eval"
+  std::string state;         // "queued" | "running" | "done" | "failed" | "cancelled"
   std::string target;        // NAME:TAG the job produces
   std::string params_json;
   std::string error;
@@ -63,7 +66,7 @@ struct RegistryDataset {
 
 class Registry {
  public:
-  static constexpr int kSchemaVersion = 2;
+  static constexpr int kSchemaVersion = 3;
 
   // Opens (creating if needed) and migrates the database. Refuses, with Error(io), a database
   // from a newer gptqd or one that fails its integrity check; never recreates or deletes it.
@@ -94,11 +97,21 @@ class Registry {
   std::optional<RegistryDataset> find_dataset(const std::string& name);
   std::vector<RegistryDataset> datasets();
 
-  int64_t add_job(const std::string& kind, const std::string& target, const std::string& params_json);
+  int64_t add_job(const std::string& kind, const std::string& target, const std::string& params_json,
+                  const std::string& state = "running");
+  // Sets a job's state (and error), e.g. queued -> running -> done.
   void finish_job(int64_t id, const std::string& state, const std::string& error);
-  // Jobs left "running" by a daemon that died: marked failed with `reason`. Returns how many.
+  // Jobs left "running" by a daemon that died, except quantize jobs (they resume): marked failed
+  // with `reason`. Returns how many.
   int fail_running_jobs(const std::string& reason);
   std::vector<RegistryJob> jobs();
+  std::optional<RegistryJob> job(int64_t id);
+  // A finished layer of a quantize job (its per-linear report), recorded once its file is durable.
+  void add_job_layer(int64_t job_id, int64_t layer, const std::string& report_json);
+  std::vector<std::pair<int64_t, std::string>> job_layers(int64_t job_id);  // by layer
+
+  void set_tag_quality(const std::string& name, const std::string& tag, const std::string& state,
+                       const std::string& quality_json);
 
  private:
   explicit Registry(sqlite3* db) : db_(db) {}

@@ -75,6 +75,54 @@ TEST(PullRequest, FieldsAndTypeErrors) {
   EXPECT_EQ(again.stream, r.stream);
 }
 
+TEST(QuantizeRequest, DefaultsFollowTheReferencesAndBadValuesAreNamed) {
+  auto r = QuantizeRequest::from_json(json{{"model", "m"}, {"calib", "wiki"}});
+  EXPECT_EQ(r.method, "gptq");
+  EXPECT_EQ(r.bits, 4);
+  EXPECT_EQ(r.group_size, 128);
+  EXPECT_TRUE(r.sym);
+  EXPECT_FALSE(r.desc_act);
+  EXPECT_DOUBLE_EQ(r.damp_percent, 0.01);
+  EXPECT_EQ(r.samples, 128);
+  EXPECT_EQ(r.seqlen, 2048);
+  EXPECT_EQ(r.seed, 0u);
+  EXPECT_FALSE(r.stream);
+  EXPECT_EQ(r.default_tag(), "gptq-4b-g128");
+  r.desc_act = true;
+  EXPECT_EQ(r.default_tag(), "gptq-4b-g128-act");
+  r.group_size = -1;
+  r.bits = 3;
+  r.sym = false;
+  EXPECT_EQ(r.default_tag(), "gptq-3b-g-1-act-asym");
+  r.method = "rtn";
+  EXPECT_EQ(r.default_tag(), "rtn-3b-g-1-asym");
+  auto again = QuantizeRequest::from_json(r.to_json());
+  EXPECT_EQ(again.to_json(), r.to_json());
+
+  auto refused = [](json j, const std::string& needle) {
+    j["model"] = "m";
+    try {
+      QuantizeRequest::from_json(j);
+      ADD_FAILURE() << j.dump() << " was accepted";
+    } catch (const RequestError& e) {
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  };
+  refused({{"bits", 5}}, "supported: 2, 3, 4, 8");
+  refused({{"bits", "4"}}, "\"bits\" must be an integer");
+  refused({{"group_size", 0}}, "group_size");
+  refused({{"group_size", -2}}, "group_size");
+  refused({{"damp_percent", 0}}, "damp_percent");
+  refused({{"damp_percent", 1}}, "damp_percent");
+  refused({{"method", "awq"}}, "method");
+  refused({{"samples", 0}}, "samples");
+  refused({{"seqlen", 1}}, "seqlen");
+  refused({{"seed", -1}}, "seed");
+  refused({{"max_ppl_ratio", 0.5}}, "max_ppl_ratio");
+  refused({{"eval_windows", -1}}, "eval_windows");
+  EXPECT_THROW(QuantizeRequest::from_json(json::object()), RequestError);
+}
+
 TEST(ModelRequest, AcceptsOllamaNameField) {
   EXPECT_EQ(ModelRequest::from_json(json{{"model", "a:b"}}).model, "a:b");
   EXPECT_EQ(ModelRequest::from_json(json{{"name", "a"}}).model, "a");

@@ -136,6 +136,41 @@ TEST(Registry, JobsAndRecovery) {
   EXPECT_EQ(jobs[1].error, "interrupted");
 }
 
+TEST(Registry, QuantizeJobsSurviveRecoveryWithTheirLayers) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  int64_t q = reg->add_job("quantize", "m:gptq", R"({"source":"m:t"})", "queued");
+  int64_t r = reg->add_job("quantize", "m:gptq2", "{}");
+  reg->add_job_layer(r, 0, R"({"layer":0})");
+  reg->add_job_layer(r, 1, R"({"layer":1})");
+  reg->add_job_layer(r, 1, R"({"layer":1,"again":true})");  // a replayed layer replaces its row
+  EXPECT_EQ(reg->fail_running_jobs("interrupted"), 0) << "quantize jobs resume, they do not fail";
+  EXPECT_EQ(reg->job(q)->state, "queued");
+  EXPECT_EQ(reg->job(r)->state, "running");
+  auto layers = reg->job_layers(r);
+  ASSERT_EQ(layers.size(), 2u);
+  EXPECT_EQ(layers[1].first, 1);
+  EXPECT_EQ(layers[1].second, R"({"layer":1,"again":true})");
+  EXPECT_TRUE(reg->job_layers(q).empty());
+  EXPECT_FALSE(reg->job(999));
+}
+
+TEST(Registry, TagsCarryTheirQualityState) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  reg->add(make_tag("m", "t", {{"f", digest('a'), 1}}));
+  RegistryTag q = make_tag("m", "gptq", {{"g", digest('b'), 1}});
+  q.state = "failed-quality";
+  q.quality_json = R"({"ratio":2.5})";
+  reg->add(q);
+  EXPECT_EQ(reg->find("m", "t")->state, "ready");
+  EXPECT_EQ(reg->find("m", "gptq")->state, "failed-quality");
+  EXPECT_EQ(reg->find("m", "gptq")->quality_json, R"({"ratio":2.5})");
+  reg->set_tag_quality("m", "gptq", "ready", "{}");
+  EXPECT_EQ(reg->find("m", "gptq")->state, "ready");
+  EXPECT_EQ(reg->list().size(), 2u);
+}
+
 TEST(Registry, RefusesANewerSchema) {
   test::TempDir dir;
   Registry::open(dir / "registry.db").reset();
@@ -186,13 +221,18 @@ TEST(Registry, MigratesAVersion1DatabaseKeepingItsRows) {
   // Turn it back into what gptqd 0.1 schema v1 wrote.
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open((dir / "registry.db").c_str(), &db), SQLITE_OK);
-  ASSERT_EQ(sqlite3_exec(db, "DROP TABLE dataset_files; DROP TABLE datasets; PRAGMA user_version = 1", nullptr, nullptr,
-                         nullptr),
+  ASSERT_EQ(sqlite3_exec(db,
+                         "DROP TABLE job_layers; ALTER TABLE tags DROP COLUMN state; "
+                         "ALTER TABLE tags DROP COLUMN quality_json; DROP TABLE dataset_files; DROP TABLE datasets; "
+                         "PRAGMA user_version = 1",
+                         nullptr, nullptr, nullptr),
             SQLITE_OK);
   sqlite3_close(db);
   auto reg = Registry::open(dir / "registry.db");
-  EXPECT_EQ(reg->schema_version(), 2);
-  EXPECT_TRUE(reg->find("m", "t"));
+  EXPECT_EQ(reg->schema_version(), 3);
+  ASSERT_TRUE(reg->find("m", "t"));
+  EXPECT_EQ(reg->find("m", "t")->state, "ready");
+  reg->add_job_layer(reg->add_job("quantize", "m:q", "{}"), 0, "{}");
   reg->add_dataset("d", {{"a.txt", digest('b'), 3}});
   EXPECT_TRUE(reg->find_dataset("d"));
 }

@@ -4,12 +4,8 @@
 // next start: no half model in `list`, no orphan blob, no partial file, the job marked failed,
 // and the same pull succeeds (e2e tests; reliability.md B4, D02).
 #include <gtest/gtest.h>
-#include <poll.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <unistd.h>
+#include <signal.h>
 
-#include <cstring>
 #include <thread>
 #include <nlohmann/json.hpp>
 
@@ -22,40 +18,6 @@ namespace {
 
 using nlohmann::json;
 namespace fs = std::filesystem;
-
-// Sends a streaming pull and returns once `marker` has arrived (the connection stays open).
-class StreamingPull {
- public:
-  StreamingPull(const fs::path& socket, const fs::path& source) {
-    fd_ = connect_unix(socket);
-    if (fd_ < 0) return;
-    std::string body = json{{"model", source.string()}}.dump();
-    std::string req = "POST /api/pull HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
-                      std::to_string(body.size()) + "\r\n\r\n" + body;
-    ::send(fd_, req.data(), req.size(), MSG_NOSIGNAL);
-  }
-  ~StreamingPull() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  bool wait_for(const std::string& marker, int timeout_ms = 20000) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
-    char buf[4096];
-    while (received_.find(marker) == std::string::npos) {
-      if (std::chrono::steady_clock::now() > deadline) return false;
-      pollfd p{fd_, POLLIN, 0};
-      if (::poll(&p, 1, 50) <= 0) continue;
-      ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
-      if (n <= 0) return received_.find(marker) != std::string::npos;
-      received_.append(buf, static_cast<size_t>(n));
-    }
-    return true;
-  }
-  const std::string& received() const { return received_; }
-
- private:
-  int fd_ = -1;
-  std::string received_;
-};
 
 class CrashTest : public ::testing::Test {
  protected:
@@ -95,7 +57,7 @@ TEST_F(CrashTest, KillNineDuringTheCopy) {
   const fs::path gguf = test_model_path();
   GPTQD_REQUIRE_FILE(gguf);
   ASSERT_TRUE(daemon_->start()) << daemon_->log();
-  StreamingPull pull(daemon_->socket(), gguf);
+  StreamingRequest pull(daemon_->socket(), "/api/pull", json{{"model", gguf.string()}}.dump());
   // The first "copying" event is sent once the partial file exists and before its bytes are in.
   ASSERT_TRUE(pull.wait_for("\"completed\":0")) << pull.received() << daemon_->log();
   ASSERT_EQ(list_dir(daemon_->state_dir() / "tmp").size(), 1u) << "no partial file while copying";
@@ -134,7 +96,7 @@ TEST_F(CrashTest, ClientHangingUpCancelsThePull) {
   GPTQD_REQUIRE_FILE(gguf);
   ASSERT_TRUE(daemon_->start()) << daemon_->log();
   {
-    StreamingPull pull(daemon_->socket(), gguf);
+    StreamingRequest pull(daemon_->socket(), "/api/pull", json{{"model", gguf.string()}}.dump());
     ASSERT_TRUE(pull.wait_for("\"completed\":0")) << pull.received();
   }  // closes the connection mid-copy
   // The daemon notices at its next event, cancels and cleans up; it stays up.

@@ -23,19 +23,6 @@ namespace fs = std::filesystem;
 
 const char* kModel = "smollm2-135m-instruct";
 
-std::vector<json> ndjson(const std::string& body) {
-  std::vector<json> out;
-  size_t start = 0;
-  while (start < body.size()) {
-    size_t nl = body.find('\n', start);
-    std::string line = body.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
-    if (!line.empty()) out.push_back(json::parse(line));
-    if (nl == std::string::npos) break;
-    start = nl + 1;
-  }
-  return out;
-}
-
 // One daemon with SmolLM2 for the whole suite (loading it once keeps the suite fast).
 class ServingTest : public ::testing::Test {
  protected:

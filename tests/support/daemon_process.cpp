@@ -197,4 +197,44 @@ std::vector<std::string> list_dir(const std::filesystem::path& dir) {
   return names;
 }
 
+StreamingRequest::StreamingRequest(const std::filesystem::path& socket, const std::string& target,
+                                   const std::string& json_body) {
+  fd_ = connect_unix(socket);
+  if (fd_ < 0) return;
+  std::string req = "POST " + target + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+                    std::to_string(json_body.size()) + "\r\n\r\n" + json_body;
+  ::send(fd_, req.data(), req.size(), MSG_NOSIGNAL);
+}
+
+StreamingRequest::~StreamingRequest() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+bool StreamingRequest::wait_for(const std::string& marker, std::chrono::milliseconds timeout) {
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  char buf[4096];
+  while (received_.find(marker) == std::string::npos) {
+    if (fd_ < 0 || std::chrono::steady_clock::now() > deadline) return false;
+    pollfd p{fd_, POLLIN, 0};
+    if (::poll(&p, 1, 50) <= 0) continue;
+    const ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+    if (n <= 0) return received_.find(marker) != std::string::npos;
+    received_.append(buf, static_cast<size_t>(n));
+  }
+  return true;
+}
+
+std::vector<nlohmann::json> ndjson(const std::string& body) {
+  std::vector<nlohmann::json> out;
+  size_t start = 0;
+  while (start < body.size()) {
+    const size_t nl = body.find('\n', start);
+    std::string line = body.substr(start, nl == std::string::npos ? std::string::npos : nl - start);
+    if (!line.empty()) out.push_back(nlohmann::json::parse(line));
+    if (nl == std::string::npos) break;
+    start = nl + 1;
+  }
+  return out;
+}
+
 }  // namespace gptqd::test

@@ -64,6 +64,26 @@ HttpReply parse_reply(const std::string& raw);
 HttpReply http_request(const std::filesystem::path& socket, const std::string& method, const std::string& target,
                        const std::string& body = {}, std::chrono::milliseconds timeout = std::chrono::seconds(60));
 
+// A POST whose (streamed) response is read as it arrives, on a connection that stays open until
+// the object is destroyed (closing it = the client hanging up).
+class StreamingRequest {
+ public:
+  StreamingRequest(const std::filesystem::path& socket, const std::string& target, const std::string& json_body);
+  ~StreamingRequest();
+  StreamingRequest(const StreamingRequest&) = delete;
+  StreamingRequest& operator=(const StreamingRequest&) = delete;
+  // Reads until `marker` has arrived (true), or the peer closed / the time ran out (false).
+  bool wait_for(const std::string& marker, std::chrono::milliseconds timeout = std::chrono::seconds(120));
+  const std::string& received() const { return received_; }
+
+ private:
+  int fd_ = -1;
+  std::string received_;
+};
+
+// The JSON objects of an NDJSON body, one per non-empty line.
+std::vector<nlohmann::json> ndjson(const std::string& body);
+
 // Sorted file names in a directory ("" entries never).
 std::vector<std::string> list_dir(const std::filesystem::path& dir);
 
