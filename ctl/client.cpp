@@ -130,8 +130,32 @@ HttpResult Client::stream_sse(const std::string& method, const std::string& targ
   });
 }
 
+HttpResult Client::download(const std::string& target, const std::function<void(std::string_view)>& on_data) {
+  return stream_body("GET", target, {}, [&](std::string_view data) {
+    on_data(data);
+    return true;
+  });
+}
+
 HttpResult Client::stream_lines(const std::string& method, const std::string& target, const std::string& body,
                                 const std::function<bool(std::string_view)>& on_line) {
+  std::string pending;  // bytes not yet ending in '\n'
+  return stream_body(method, target, body, [&](std::string_view data) {
+    pending.append(data);
+    size_t start = 0;
+    for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
+      std::string_view line(pending.data() + start, nl - start);
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.empty()) continue;
+      if (!on_line(line)) return false;
+    }
+    pending.erase(0, start);
+    return true;
+  });
+}
+
+HttpResult Client::stream_body(const std::string& method, const std::string& target, const std::string& body,
+                               const std::function<bool(std::string_view)>& on_data) {
   asio::io_context io;
   local::socket sock = send_request(io, socket_path_, method, target, body);
   ActiveFd active(sock.native_handle());
@@ -143,13 +167,14 @@ HttpResult Client::stream_lines(const std::string& method, const std::string& ta
   http::read_header(sock, buf, parser, ec);
   if (ec) lost(socket_path_, ec);
   const int status = static_cast<int>(parser.get().result_int());
-  std::string pending;  // bytes not yet ending in '\n'
   HttpResult result{status, {}};
-  char chunk[16384];
+  char chunk[65536];
   while (!parser.is_done()) {
     parser.get().body().data = chunk;
     parser.get().body().size = sizeof chunk;
-    http::read(sock, buf, parser, ec);
+    // read_some, not read: read would wait for a full buffer or the end of the message, so a
+    // stream's events would arrive in 64 KiB batches instead of as they are sent.
+    http::read_some(sock, buf, parser, ec);
     if (ec == http::error::need_buffer) ec = {};
     if (ec) lost(socket_path_, ec);
     const size_t n = sizeof chunk - parser.get().body().size;
@@ -157,15 +182,7 @@ HttpResult Client::stream_lines(const std::string& method, const std::string& ta
       result.body.append(chunk, n);
       continue;
     }
-    pending.append(chunk, n);
-    size_t start = 0;
-    for (size_t nl; (nl = pending.find('\n', start)) != std::string::npos; start = nl + 1) {
-      std::string_view line(pending.data() + start, nl - start);
-      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-      if (line.empty()) continue;
-      if (!on_line(line)) return result;
-    }
-    pending.erase(0, start);
+    if (n > 0 && !on_data(std::string_view(chunk, n))) return result;
   }
   if (g_interrupted.load()) throw Interrupted();
   return result;

@@ -45,15 +45,22 @@ class Client {
   // The same for Server-Sent Events ("data: {...}" lines); "[DONE]" ends it.
   HttpResult stream_sse(const std::string& method, const std::string& target, const std::string& body,
                         const std::function<void(const nlohmann::json&)>& on_event);
+  // GET `target` (a blob): a 200 response's body goes to `on_data` piece by piece as it arrives,
+  // so it never has to fit in memory. A non-200 response is returned whole without calling it.
+  HttpResult download(const std::string& target, const std::function<void(std::string_view)>& on_data);
 
  private:
   HttpResult stream_lines(const std::string& method, const std::string& target, const std::string& body,
                           const std::function<bool(std::string_view)>& on_line);
+  // The body of a 200 response to `on_data` as it arrives; false from it ends the read.
+  HttpResult stream_body(const std::string& method, const std::string& target, const std::string& body,
+                         const std::function<bool(std::string_view)>& on_data);
   std::filesystem::path socket_path_;
 };
 
 // Ctrl-C handling: after install_interrupt_handler(), SIGINT shuts down the socket of the
-// request in flight (the daemon then cancels it) and the request throws Interrupted.
+// request in flight and the request throws Interrupted. The daemon cancels a generation or an
+// evaluation whose client went away; a quantize job keeps running (the client detaches).
 struct Interrupted : CtlError {
   Interrupted() : CtlError(130, "interrupted") {}
 };

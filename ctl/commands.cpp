@@ -13,41 +13,6 @@ namespace {
 
 using nlohmann::json;
 
-json parse_json_or_fail(const HttpResult& r) {
-  json j = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed response: " + r.body.substr(0, 200));
-  return j;
-}
-
-void check_ok(const HttpResult& r) {
-  if (r.status != 200) throw CtlError(kExitFailed, error_message(r));
-}
-
-// --json: prints the document and says so.
-bool print_json(Context& ctx, const json& j) {
-  if (!ctx.json) return false;
-  std::fputs((j.dump() + "\n").c_str(), ctx.out);
-  return true;
-}
-
-// One request whose 200 answer is a JSON document; any other status is a CtlError.
-json call(Context& ctx, const std::string& method, const std::string& target, const std::string& body = {}) {
-  HttpResult r = ctx.client.request(method, target, body);
-  check_ok(r);
-  return parse_json_or_fail(r);
-}
-
-// Client-side check so a typo fails before any request; the daemon checks again.
-std::string checked_ref(const std::string& text) {
-  std::string why;
-  if (!protocol::parse_model_ref(text, &why)) {
-    throw CtlError(kExitUsage, "invalid model name '" + printable(text) + "': " + why);
-  }
-  return text;
-}
-
-void print(Context& ctx, const std::string& s) { std::fputs(s.c_str(), ctx.out); }
-
 std::string config_summary(const json& c) {
   if (!c.is_object()) return "";
   auto num = [&](const char* k) { return c.contains(k) && c[k].is_number() ? c[k].dump() : std::string("?"); };
@@ -64,6 +29,34 @@ std::string config_summary(const json& c) {
 }
 
 }  // namespace
+
+json parse_json_or_fail(const HttpResult& r) {
+  json j = json::parse(r.body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw CtlError(kExitFailed, "gptqd sent a malformed response: " + r.body.substr(0, 200));
+  return j;
+}
+
+bool print_json(Context& ctx, const json& j) {
+  if (!ctx.json) return false;
+  std::fputs((j.dump() + "\n").c_str(), ctx.out);
+  return true;
+}
+
+json call(Context& ctx, const std::string& method, const std::string& target, const std::string& body) {
+  HttpResult r = ctx.client.request(method, target, body);
+  if (r.status != 200) throw CtlError(kExitFailed, error_message(r));
+  return parse_json_or_fail(r);
+}
+
+std::string checked_ref(const std::string& text) {
+  std::string why;
+  if (!protocol::parse_model_ref(text, &why)) {
+    throw CtlError(kExitUsage, "invalid model name '" + printable(text) + "': " + why);
+  }
+  return text;
+}
+
+void print(Context& ctx, const std::string& s) { std::fputs(s.c_str(), ctx.out); }
 
 std::string resolve_pull_source(const std::string& source) {
   if (source.empty()) throw CtlError(kExitUsage, "pull needs a SOURCE: a .gguf file, a model folder or org/repo");
@@ -131,7 +124,11 @@ int cmd_list(Context& ctx) {
   std::vector<std::vector<std::string>> rows = {{"NAME", "TAG", "ARCH", "PARAMS", "DTYPE", "SIZE", "SOURCE"}};
   for (const auto& m : j.value("models", json::array())) {
     protocol::ModelEntry e = protocol::ModelEntry::from_json(m);
-    rows.push_back({printable(e.name), printable(e.tag) + (e.is_default ? " (default)" : ""), printable(e.architecture),
+    // A quantized tag that failed its quality check is marked; a ready one is a plain tag.
+    const bool failed = m.is_object() && m.contains("state") && m["state"] == "failed-quality";
+    rows.push_back({printable(e.name),
+                    printable(e.tag) + (e.is_default ? " (default)" : "") + (failed ? " (failed-quality)" : ""),
+                    printable(e.architecture),
                     protocol::format_param_count(e.n_params), printable(e.dtype), human_bytes(e.size_bytes),
                     printable(e.source)});
   }
@@ -160,6 +157,15 @@ int cmd_show(Context& ctx, const std::string& model) {
       {"Added", protocol::rfc3339_utc(e.created_at)},
       {"Config", config_summary(e.config)},
   };
+  // Quantized tags: the quality report of the job that made them, and their state.
+  json q = j.contains("quality") && j["quality"].is_object() ? j["quality"] : json();
+  if (j.contains("state") && j["state"].is_string()) {
+    if (!q.is_object()) q = json::object();
+    if (q.value("state", json()) != j["state"]) q.erase("reason");  // the model's state wins
+    q["state"] = j["state"];
+  }
+  const auto quality = quality_rows(q);
+  rows.insert(rows.end(), quality.begin(), quality.end());
   print(ctx, format_table(rows));
   print(ctx, "Files\n");
   std::vector<std::vector<std::string>> files;

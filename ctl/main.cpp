@@ -81,6 +81,32 @@ int main(int argc, char** argv) {
 
   auto* ps = app.add_subcommand("ps", "Models loaded on the device");
 
+  QuantizeArgs quantize_args;
+  auto* quantize = app.add_subcommand("quantize", "Quantize a model (GPTQ or RTN) into a new tag, as a daemon job; "
+                                                  "Ctrl-C detaches, the job keeps running");
+  add_quantize_options(*quantize, quantize_args);
+  int64_t job_id = 0;
+  bool follow = false;
+  const CLI::Validator job_id_check(
+      [](std::string& v) {
+        return !v.empty() && v.size() < 19 && v.find_first_not_of("0123456789") == std::string::npos && std::stoll(v) > 0
+                   ? std::string()
+                   : v + " is not a job ID (a positive number; see gptqctl jobs)";
+      },
+      "ID");
+  auto* jobs = app.add_subcommand("jobs", "List the jobs; `jobs show ID` details one");
+  auto* jobs_show = jobs->add_subcommand("show", "A job's state, parameters, quality report and per-layer losses");
+  jobs_show->add_option("id", job_id, "Job ID")->required()->check(job_id_check);
+  jobs_show->add_flag("--follow,-f", follow, "Follow its progress to the end (Ctrl-C detaches)");
+  auto* cancel = app.add_subcommand("cancel", "Cancel a queued or running job");
+  cancel->add_option("id", job_id, "Job ID")->required()->check(job_id_check);
+  ExportArgs export_args;
+  auto* export_cmd = app.add_subcommand("export", "Copy a model's files (e.g. a GPTQ checkpoint) into a folder, checked "
+                                                  "against their sha256");
+  export_cmd->add_option("model", export_args.model, "NAME[:TAG]")->required();
+  export_cmd->add_option("dir", export_args.dir, "DIR (created when missing)")->required();
+  export_cmd->add_flag("--force", export_args.force, "Write into a non-empty DIR (files of the same name are replaced)");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -118,6 +144,11 @@ int main(int argc, char** argv) {
                                   "files and use `gptqctl dataset add NAME FILE...`");
     }
     if (ps->parsed()) return cmd_ps(ctx);
+    if (quantize->parsed()) return cmd_quantize(ctx, quantize_args);
+    if (jobs_show->parsed()) return cmd_job_show(ctx, job_id, follow);
+    if (jobs->parsed()) return cmd_jobs(ctx);
+    if (cancel->parsed()) return cmd_cancel(ctx, job_id);
+    if (export_cmd->parsed()) return cmd_export(ctx, export_args);
     if (status->parsed()) return cmd_status(ctx);
     if (pull->parsed()) return cmd_pull(ctx, pull_args);
     if (list->parsed() || app.got_subcommand("ls")) return cmd_list(ctx);

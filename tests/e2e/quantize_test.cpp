@@ -166,6 +166,52 @@ TEST_F(QuantizeTest, JourneyToAServableExportableGptqTag) {
   EXPECT_EQ(http_request(daemon_->socket(), "GET", "/api/blobs/../../etc/passwd").status, 400);
 }
 
+TEST_F(QuantizeTest, GptqctlQuantizeJobsShowExportAndCancel) {
+  start_with_model();
+  auto r = daemon_->ctl({"quantize", "tiny:fp16", "--calib", "valid", "--samples", "8", "--seqlen", "64",
+                         "--group-size", "16", "--act-order", "--eval-windows", "2", "--eval-seqlen", "64",
+                         "--max-ppl-ratio", "1000"});
+  ASSERT_EQ(r.exit_code, 0) << r.output << daemon_->log();
+  EXPECT_NE(r.output.find("tiny:gptq-4b-g16-act"), std::string::npos) << r.output;
+
+  json jobs = json::parse(daemon_->ctl({"--json", "jobs"}).output);
+  ASSERT_EQ(jobs["jobs"].size(), 2u) << jobs.dump();  // the pull, then the quantize job
+  EXPECT_EQ(jobs["jobs"][1]["kind"], "quantize");
+  EXPECT_EQ(jobs["jobs"][1]["state"], "done");
+  const std::string id = std::to_string(jobs["jobs"][1]["id"].get<int64_t>());
+  r = daemon_->ctl({"jobs", "show", id});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("self_attn.q_proj"), std::string::npos) << r.output;
+  r = daemon_->ctl({"show", "tiny:gptq-4b-g16-act"});
+  EXPECT_NE(r.output.find("erplexity"), std::string::npos) << r.output;
+
+  // The exported folder is a checkpoint an independent reader accepts: desc_act with a
+  // non-trivial g_idx, v1 symmetric zeros, the shapes of gptq-reference.md Part B.
+  const fs::path out = dir_ / "export";
+  r = daemon_->ctl({"export", "tiny:gptq-4b-g16-act", out.string()});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(list_dir(out), (std::vector<std::string>{"config.json", "model.safetensors", "quantize_config.json",
+                                                      "tokenizer.json", "tokenizer_config.json"}));
+  auto check = run_command({python().string(), (source_dir() / "tests/reference/gptq_checkpoint_reference.py").string(),
+                            out.string(), (dir_ / "deq.safetensors").string()});
+  ASSERT_EQ(check.exit_code, 0) << check.output;
+  json summary = json::parse(check.output);
+  EXPECT_EQ(summary["linears"], 14);
+  EXPECT_EQ(summary["bits"], 4);
+
+  // Detached, then cancelled; bad flags are usage errors.
+  r = daemon_->ctl({"quantize", "tiny:fp16", "--calib", "valid", "--samples", "256", "--seqlen", "128",
+                    "--tag", "detached", "--detach"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const size_t at = r.output.find("job ");
+  ASSERT_NE(at, std::string::npos) << r.output;
+  const std::string detached = r.output.substr(at + 4, r.output.find(':', at) - at - 4);
+  r = daemon_->ctl({"cancel", detached});
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(wait_job_end(std::stoll(detached))["state"], "cancelled");
+  EXPECT_EQ(daemon_->ctl({"quantize", "tiny:fp16", "--bits", "5"}).exit_code, 2);
+}
+
 TEST_F(QuantizeTest, ResumeAfterKillNineIsIdenticalToAnUninterruptedRun) {
   start_with_model({"GPTQD_FAULT_POINT=quantize.after_layer.0"});
   json req = request("resumed");
