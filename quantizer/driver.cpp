@@ -242,7 +242,7 @@ struct LayerDriver::State {
   }
 
   void start_capture(int64_t K) {
-    acc.emplace(K);
+    acc.emplace(K, model.backend().n_threads());
     unit = 0;
   }
 

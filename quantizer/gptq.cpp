@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <thread>
 
 #include "engine/error.h"
 #include "kernels/cpu/half.h"
@@ -253,7 +254,7 @@ void QuantizeOptions::validate() const {
 
 int64_t QuantizeOptions::n_groups(int64_t K) const { return group_size == -1 ? 1 : (K + group_size - 1) / group_size; }
 
-HessianAccumulator::HessianAccumulator(int64_t K) : K_(K) {
+HessianAccumulator::HessianAccumulator(int64_t K, int n_threads) : K_(K), n_threads_(std::max(1, n_threads)) {
   if (K <= 0) fail(ErrorCode::invalid_argument, "HessianAccumulator: K = ", K, " (expected > 0)");
   sum_.assign(static_cast<size_t>(K) * static_cast<size_t>(K), 0.0f);
 }
@@ -261,9 +262,26 @@ HessianAccumulator::HessianAccumulator(int64_t K) : K_(K) {
 void HessianAccumulator::add(const float* x, int64_t n_rows) {
   if (n_rows < 0) fail(ErrorCode::invalid_argument, "HessianAccumulator: n_rows = ", n_rows);
   if (n_rows == 0) return;
-  // sum += x^T x on the lower triangle; x is [n_rows, K], so x^T x is the "Trans" form.
-  cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, static_cast<blasint>(K_), static_cast<blasint>(n_rows), 1.0f, x,
-              static_cast<blasint>(K_), 1.0f, sum_.data(), static_cast<blasint>(K_));
+  // sum[c0:K, c0:c1] += x[:, c0:K]^T x[:, c0:c1] for one column block of the lower triangle: syrk
+  // for its diagonal square, gemm for the rows below it.
+  auto block = [&](int64_t c0, int64_t c1) {
+    if (c1 <= c0) return;
+    const auto w = static_cast<blasint>(c1 - c0), n = static_cast<blasint>(n_rows), ld = static_cast<blasint>(K_);
+    cblas_ssyrk(CblasRowMajor, CblasLower, CblasTrans, w, n, 1.0f, x + c0, ld, 1.0f, sum_.data() + c0 * K_ + c0, ld);
+    if (c1 < K_) {
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, static_cast<blasint>(K_ - c1), w, n, 1.0f, x + c1, ld,
+                  x + c0, ld, 1.0f, sum_.data() + c1 * K_ + c0, ld);
+    }
+  };
+  const int64_t T = std::min<int64_t>(n_threads_, std::max<int64_t>(1, K_ / 64));
+  // Block t spans columns [K(1 - sqrt(1 - t/T)), K(1 - sqrt(1 - (t+1)/T))): equal triangle areas.
+  auto edge = [&](int64_t t) {
+    return t >= T ? K_ : static_cast<int64_t>(static_cast<double>(K_) * (1.0 - std::sqrt(1.0 - double(t) / double(T))));
+  };
+  std::vector<std::thread> workers;
+  for (int64_t t = 1; t < T; ++t) workers.emplace_back(block, edge(t), edge(t + 1));
+  block(0, edge(1));
+  for (auto& th : workers) th.join();
   n_ += n_rows;
 }
 

@@ -31,10 +31,12 @@ struct QuantizeOptions {
   int64_t n_groups(int64_t K) const;
 };
 
-// Accumulates sum_tokens x x^T in fp32 (BLAS ssyrk on the lower triangle) for one linear input.
+// Accumulates sum_tokens x x^T in fp32 (BLAS syrk/gemm on the lower triangle) for one linear
+// input. With n_threads > 1 the lower triangle is cut into column blocks of equal area, one per
+// thread (BLAS itself is kept single-threaded by the engine); each sum keeps its token order.
 class HessianAccumulator {
  public:
-  explicit HessianAccumulator(int64_t K);
+  explicit HessianAccumulator(int64_t K, int n_threads = 1);
   // x: [n_rows, K] row-major fp32 activations, every row one token.
   void add(const float* x, int64_t n_rows);
   int64_t K() const { return K_; }
@@ -45,6 +47,7 @@ class HessianAccumulator {
 
  private:
   int64_t K_;
+  int n_threads_;
   int64_t n_ = 0;
   std::vector<float> sum_;  // [K, K], lower triangle valid (row-major)
 };

@@ -386,11 +386,14 @@ TEST(GptqSolver, RejectsMismatchedShapesAndNonFiniteWeights) {
   }
 }
 
-TEST(HessianAccumulator, MatchesNaiveDoubleSum) {
-  const int64_t K = 96;
+// Single-threaded and split into column blocks over threads (K = 300: up to 4 blocks).
+class HessianThreads : public ::testing::TestWithParam<int> {};
+
+TEST_P(HessianThreads, MatchesNaiveDoubleSum) {
+  const int64_t K = 300;
   std::mt19937 rng(10);
   std::normal_distribution<float> normal(0.0f, 1.0f);
-  HessianAccumulator acc(K);
+  HessianAccumulator acc(K, GetParam());
   std::vector<double> ref(static_cast<size_t>(K * K), 0.0);
   int64_t total = 0;
   for (int64_t rows : {1, 37, 256, 0, 1000}) {
@@ -418,6 +421,8 @@ TEST(HessianAccumulator, MatchesNaiveDoubleSum) {
   }
   EXPECT_THROW(HessianAccumulator(4).hessian(), Error);
 }
+
+INSTANTIATE_TEST_SUITE_P(Threads, HessianThreads, ::testing::Values(1, 2, 3, 8));
 
 }  // namespace
 }  // namespace gptqd::quantizer
