@@ -176,8 +176,12 @@ struct LayerDriver::State {
     LinearSlot sl = slot(name);
     const int64_t K = sl.matrix->cols;
     std::span<const float> W(sl.matrix->data.data() + sl.row0 * K, static_cast<size_t>(sl.rows * K));
-    QuantizedLinear q = method == Method::gptq ? gptq_quantize(W, sl.rows, K, prepared, opt)
-                                               : rtn_quantize(W, sl.rows, K, opt);
+    QuantizedLinear q;
+    try {
+      q = method == Method::gptq ? gptq_quantize(W, sl.rows, K, prepared, opt) : rtn_quantize(W, sl.rows, K, opt);
+    } catch (const Error& e) {
+      fail(e.code(), "layer ", layer, " ", name, ": ", e.what());  // e.g. NaN weights in the source
+    }
     LinearReport r;
     r.name = name;
     r.out_features = sl.rows;

@@ -5,6 +5,7 @@
 // fails its quality check; the source protected while a job reads it; other models served
 // meanwhile.
 #include <gtest/gtest.h>
+#include <signal.h>
 
 #include <fstream>
 #include <future>
@@ -233,6 +234,29 @@ TEST_F(QuantizeTest, ResumeAfterKillNineIsIdenticalToAnUninterruptedRun) {
   EXPECT_EQ(file_digest(a, "model.safetensors"), file_digest(b, "model.safetensors"));
   EXPECT_FALSE(file_digest(a, "model.safetensors").empty());
   EXPECT_EQ(a["quality"]["result_ppl"], b["quality"]["result_ppl"]);
+}
+
+TEST_F(QuantizeTest, SigtermStopsTheJobAndTheNextStartResumesIt) {
+  start_with_model();
+  json req = request("after-restart");
+  req["samples"] = 256;  // long enough that the stop lands in the middle
+  req["seqlen"] = 128;
+  req["eval_windows"] = 16;
+  req["stream"] = true;
+  StreamingRequest stream(daemon_->socket(), "/api/quantize", req.dump());
+  ASSERT_TRUE(stream.wait_for("\"event\":\"layer\"")) << stream.received();
+  const std::string& got = stream.received();
+  const size_t at = got.find("\"job\":") + 6;
+  const int64_t id = std::stoll(got.substr(at, got.find_first_of(",}", at) - at));
+  EXPECT_EQ(daemon_->stop(SIGTERM), 0) << daemon_->log();
+  // The follower was told, and the job is still on the books.
+  EXPECT_TRUE(stream.wait_for("resumes when it starts again", std::chrono::seconds(5))) << stream.received();
+
+  ASSERT_TRUE(daemon_->start({}, {"--threads", "2"})) << daemon_->log();
+  json j = wait_job_end(id);
+  EXPECT_EQ(j["state"], "done") << j.dump() << daemon_->log();
+  EXPECT_EQ(j["layers"].size(), 2u);
+  EXPECT_EQ(show("tiny:after-restart")["dtype"], "GPTQ-4bit-g16");
 }
 
 TEST_F(QuantizeTest, CancelInEachPhaseLeavesNothingBehind) {

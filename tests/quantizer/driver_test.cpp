@@ -6,9 +6,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <fstream>
 #include <set>
 #include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "engine/error.h"
 #include "engine/layer_pass.h"
@@ -221,6 +224,39 @@ TEST(LayerDriverTest, ResumedRunWritesTheSameBytes) {
     EXPECT_EQ(x.g_idx, y.g_idx) << name;
   }
   EXPECT_THROW(LayerDriver(*model, windows, quantizer::Method::gptq, opt, b, 3), Error);
+}
+
+TEST(LayerDriverTest, NanWeightsFailNamingTheLayerAndLinear) {
+  TempDir dir;
+  write_tiny_hf_model(dir.path() / "m");
+  // Poison the first weight of layer 1's v_proj with an fp16 NaN, in place.
+  const fs::path st = dir.path() / "m" / "model.safetensors";
+  std::string bytes = read_file(st);
+  uint64_t n_header = 0;
+  std::memcpy(&n_header, bytes.data(), 8);
+  const auto header = nlohmann::json::parse(bytes.substr(8, n_header));
+  const uint64_t begin = header.at("model.layers.1.self_attn.v_proj.weight").at("data_offsets")[0];
+  const uint16_t nan16 = 0x7E00;
+  std::memcpy(bytes.data() + 8 + n_header + begin, &nan16, 2);
+  std::ofstream(st, std::ios::binary | std::ios::trunc) << bytes;
+
+  engine::ModelInfo info = engine::inspect_model_source(dir.path() / "m");
+  auto model = engine::LlamaModel::load(info.files, {});
+  quantizer::QuantizeOptions opt;
+  opt.group_size = 16;
+  for (auto method : {quantizer::Method::gptq, quantizer::Method::rtn}) {
+    LayerDriver d(*model, windows_for(*model, 2, 16), method, opt, dir.path(), 0);
+    try {
+      while (d.step()) {
+      }
+      FAIL() << "NaN weights were quantized";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::invalid_argument);
+      EXPECT_NE(std::string(e.what()).find("layer 1 self_attn.v_proj"), std::string::npos) << e.what();
+    }
+    EXPECT_TRUE(fs::exists(LayerDriver::layer_file(dir.path(), 0))) << "layer 0 is fine and was written";
+    EXPECT_FALSE(fs::exists(LayerDriver::layer_file(dir.path(), 1)));
+  }
 }
 
 TEST(LayerDriverTest, RtnNeedsNoCalibrationAndMatchesRtnQuantize) {
