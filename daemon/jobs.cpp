@@ -64,7 +64,7 @@ awaitable<int64_t> JobManager::start_quantize(protocol::QuantizeRequest r, bool 
   if (r.device != "auto" && r.device != "cpu") {
     fail(ErrorCode::unsupported, "device '", r.device, "': this gptqd quantizes on the CPU only (use --device cpu)");
   }
-  const std::string tag = r.tag.empty() ? r.default_tag() : protocol::ModelRef{"x", r.tag}.tag;
+  const std::string tag = r.tag.empty() ? r.default_tag() : r.tag;
   std::string why;
   if (!protocol::is_valid_tag(tag, &why)) fail(ErrorCode::invalid_argument, "invalid tag '", tag, "': ", why);
   r.tag = tag;
@@ -91,7 +91,7 @@ awaitable<int64_t> JobManager::start_quantize(protocol::QuantizeRequest r, bool 
   const int64_t id = d_.registry().add_job("quantize", target, params.dump(), "queued");
   log_info("quantize job ", id, ": ", source_ref, " -> ", target, " (", r.method, ", ", r.bits, " bits, group ",
            r.group_size, r.desc_act ? ", act-order" : "", ")");
-  co_await launch(id, std::move(r), std::move(source), false);
+  co_await launch(id, std::move(r), std::move(source), admin, false);
   co_return id;
 }
 
@@ -107,7 +107,7 @@ awaitable<void> JobManager::resume_all() {
       if (!source) fail(ErrorCode::not_found, "its source model ", ref.str(), " was removed");
       keep.insert(std::to_string(j.id));
       log_info("resuming quantize job ", j.id, " (", j.target, ")");
-      co_await launch(j.id, std::move(r), std::move(*source), true);
+      co_await launch(j.id, std::move(r), std::move(*source), params.value("admin", false), true);
     } catch (const std::exception& e) {
       log_warn("cannot resume quantize job ", j.id, ": ", e.what());
       d_.registry().finish_job(j.id, "failed", std::string("cannot resume: ") + e.what());
@@ -124,7 +124,8 @@ awaitable<void> JobManager::resume_all() {
   }
 }
 
-awaitable<void> JobManager::launch(int64_t id, protocol::QuantizeRequest r, RegistryTag source, bool resume) {
+awaitable<void> JobManager::launch(int64_t id, protocol::QuantizeRequest r, RegistryTag source, bool admin,
+                                   bool resume) {
   auto live = std::make_shared<Live>();
   live->id = id;
   live->source = source.name + ":" + source.tag;
@@ -138,10 +139,6 @@ awaitable<void> JobManager::launch(int64_t id, protocol::QuantizeRequest r, Regi
   spec.job_dir = job_dir(id);
   spec.out_dir = out_dir(id);
   spec.n_threads = static_cast<int>(d_.config().threads);
-  const bool admin = [&] {
-    auto j = d_.registry().job(id);
-    return j && json::parse(j->params_json).value("admin", false);
-  }();
   try {
     // Layers recorded in the registry whose files are still there, from 0 without a gap.
     int64_t n_done = 0;
@@ -170,7 +167,8 @@ awaitable<void> JobManager::launch(int64_t id, protocol::QuantizeRequest r, Regi
                              static_cast<double>(json::parse(source.config_json).value("n_layers", int64_t{1}));
     }
     spec.request = std::move(r);
-  } catch (const Error& e) {
+  } catch (const std::exception& e) {
+    // Anything (a missing file, a full disk creating jobs/<id>) ends the job here, never leaves it queued.
     end(id, "failed", e.what(), json{{"event", "error"}, {"job", id}, {"error", e.what()}});
     remove_scratch(id);
     throw;
@@ -222,12 +220,7 @@ void JobManager::on_event(int64_t id, QuantizeEvent ev) {
     }
     case QuantizeEvent::Kind::error: {
       if (d_.stopping() && ev.code == ErrorCode::cancelled && !job->task->cancel.load()) {
-        // Shutdown, not a cancel: the job stays queued/running in the registry and resumes.
-        json last = {{"event", "error"}, {"job", id},
-                     {"error", "the daemon is stopping; job " + std::to_string(id) + " resumes when it starts again"}};
-        broadcast(*job, last);
-        for (auto& f : job->followers) f->close();
-        live_.erase(id);
+        suspend(id);
         return;
       }
       const bool cancelled = ev.code == ErrorCode::cancelled;
@@ -259,7 +252,6 @@ awaitable<void> JobManager::finish(int64_t id, json quality) {
   const std::string state = quality.value("state", "ready");
 
   auto cancel = std::make_shared<std::atomic<bool>>(false);
-  job->task->cancel.store(false);
   d_.track(cancel);
   const std::filesystem::path dir = out_dir(id);
   BlobStore& store = d_.blobs();
@@ -293,6 +285,13 @@ awaitable<void> JobManager::finish(int64_t id, json quality) {
     }
   }
   handlers::release_import(d_, outcome, committed);
+  if (!committed && d_.stopping() && !job->task->cancel.load()) {
+    // The shutdown interrupted the import: the recorded layers stay, the next start redoes the rest.
+    std::error_code ec;
+    std::filesystem::remove_all(out_dir(id), ec);
+    suspend(id);
+    co_return;
+  }
   if (committed) {
     log_info("quantize job ", id, " done: ", job->target, " (", state, ")");
     end(id, "done", "", json{{"event", "done"}, {"job", id}, {"status", "success"}, {"model", job->target},
@@ -304,6 +303,16 @@ awaitable<void> JobManager::finish(int64_t id, json quality) {
     end(id, "failed", error, json{{"event", "error"}, {"job", id}, {"error", error}});
   }
   remove_scratch(id);
+}
+
+void JobManager::suspend(int64_t id) {
+  auto it = live_.find(id);
+  if (it == live_.end()) return;
+  json last = {{"event", "error"}, {"job", id},
+               {"error", "the daemon is stopping; job " + std::to_string(id) + " resumes when it starts again"}};
+  broadcast(*it->second, last);
+  for (auto& f : it->second->followers) f->close();
+  live_.erase(it);
 }
 
 void JobManager::end(int64_t id, const std::string& state, const std::string& error, json final_event) {

@@ -62,10 +62,14 @@ class JobManager {
     bool finishing = false;      // the checkpoint is being registered
   };
 
-  boost::asio::awaitable<void> launch(int64_t id, protocol::QuantizeRequest r, RegistryTag source, bool resume);
+  boost::asio::awaitable<void> launch(int64_t id, protocol::QuantizeRequest r, RegistryTag source, bool admin,
+                                      bool resume);
   void on_event(int64_t id, QuantizeEvent ev);
   boost::asio::awaitable<void> finish(int64_t id, nlohmann::json quality);
   void end(int64_t id, const std::string& state, const std::string& error, nlohmann::json final_event);
+  // The daemon stops under a live job: followers are told, the registry keeps it queued/running
+  // (resume_all picks it up at the next start).
+  void suspend(int64_t id);
   void broadcast(Live& job, const nlohmann::json& ev);
   std::filesystem::path job_dir(int64_t id) const;
   std::filesystem::path out_dir(int64_t id) const;

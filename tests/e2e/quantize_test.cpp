@@ -259,6 +259,23 @@ TEST_F(QuantizeTest, SigtermStopsTheJobAndTheNextStartResumesIt) {
   EXPECT_EQ(show("tiny:after-restart")["dtype"], "GPTQ-4bit-g16");
 }
 
+TEST_F(QuantizeTest, AFollowerHangingUpDoesNotCancelTheJob) {
+  start_with_model();
+  json req = request("hung-up");
+  req["samples"] = 128;
+  req["stream"] = true;
+  int64_t id = -1;
+  {
+    StreamingRequest stream(daemon_->socket(), "/api/quantize", req.dump());
+    ASSERT_TRUE(stream.wait_for("\"stage\":\"qkv\"")) << stream.received();
+    const std::string& got = stream.received();
+    const size_t at = got.find("\"job\":") + 6;
+    id = std::stoll(got.substr(at, got.find_first_of(",}", at) - at));
+  }  // hangs up mid-job, as gptqctl does on Ctrl-C
+  EXPECT_EQ(wait_job_end(id)["state"], "done") << daemon_->log();
+  EXPECT_EQ(show("tiny:hung-up")["dtype"], "GPTQ-4bit-g16");
+}
+
 TEST_F(QuantizeTest, CancelInEachPhaseLeavesNothingBehind) {
   ASSERT_TRUE(daemon_->start({}, {"--threads", "2"})) << daemon_->log();
   // A larger tiny model, so that each phase lasts long enough to be caught.
