@@ -4,29 +4,29 @@
 
 #include <csignal>
 #include <cstdlib>
-#include <string>
 
 #include "daemon/log.h"
 #include "engine/error.h"
 
 namespace gptqd::daemon {
+namespace {
+
+// A point fires when the environment variable `var` equals its name (points are rare: one getenv).
+bool armed(const char* var, std::string_view name) {
+  const char* v = std::getenv(var);
+  return v && *v && name == v;
+}
+
+}  // namespace
 
 void fault_point(std::string_view name) {
-  static const std::string armed = [] {
-    const char* v = std::getenv("GPTQD_FAULT_POINT");
-    return std::string(v ? v : "");
-  }();
-  if (armed.empty() || armed != name) return;
+  if (!armed("GPTQD_FAULT_POINT", name)) return;
   log_warn("fault point ", name, " reached: killing the daemon (GPTQD_FAULT_POINT)");
   std::raise(SIGKILL);
 }
 
 void fault_disk_full(std::string_view name) {
-  static const std::string armed = [] {
-    const char* v = std::getenv("GPTQD_FAULT_DISK_FULL");
-    return std::string(v ? v : "");
-  }();
-  if (armed.empty() || armed != name) return;
+  if (!armed("GPTQD_FAULT_DISK_FULL", name)) return;
   log_warn("fault point ", name, " reached: failing with ENOSPC (GPTQD_FAULT_DISK_FULL)");
   fail(ErrorCode::no_space, "no space left on device (injected at ", name, ")");
 }

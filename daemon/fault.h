@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Fault-injection points for crash-consistency tests (daemon layer). GPTQD_FAULT_POINT=<name>
 // in the daemon's environment makes it SIGKILL itself when it reaches that point — the same
-// as a kill -9 at exactly that instant. Without the variable a point costs one string compare.
+// as a kill -9 at exactly that instant. Without the variable a point costs one getenv.
 #pragma once
 
 #include <string_view>

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
 
 #include "daemon/fault.h"
 #include "engine/error.h"
@@ -180,25 +181,22 @@ bool QuantizeTask::step(WorkerModel& m, bool /*fresh_load*/) {
         quantizer::CheckpointSpec cs;
         cs.config = gptq_config(r);
         const std::filesystem::path job_dir = spec_.job_dir;
-        auto linears = [&job_dir](const std::string& prefix) {
-          // prefix = model.layers.N.<name>
-          const size_t a = std::string("model.layers.").size();
-          const size_t dot = prefix.find('.', a);
-          const int64_t layer = std::stoll(prefix.substr(a, dot - a));
-          return quantizer::LayerDriver::read_linear(job_dir, layer, prefix.substr(dot + 1));
+        std::map<std::string, std::pair<int64_t, std::string>> where;  // prefix -> (layer, name)
+        for (int64_t l = 0; l < static_cast<int64_t>(source.weights().layers.size()); ++l) {
+          for (const std::string& name : quantizer::llama_linear_names()) where[quantizer::linear_prefix(l, name)] = {l, name};
+        }
+        auto linears = [&job_dir, &where](const std::string& prefix) {
+          const auto& [layer, name] = where.at(prefix);
+          return quantizer::LayerDriver::read_linear(job_dir, layer, name);
         };
         quantizer::write_gptq_checkpoint(source.info(), linears, cs, spec_.out_dir);
         fault_disk_full("quantize.checkpoint");
-        phase_ = r.eval_windows > 0 ? Phase::eval_source : Phase::smoke;
+        phase_ = r.eval_windows > 0 ? Phase::eval_source : Phase::load_result;
         return true;
       }
       case Phase::eval_source:
       case Phase::eval_result: {
         const bool src = phase_ == Phase::eval_source;
-        if (!src && !result_) {
-          phase_ = Phase::load_result;
-          return true;
-        }
         if (!evaluator_) {
           evaluator_ = std::make_unique<engine::PerplexityEvaluator>(src ? source : *result_, eval_tokens_, r.eval_seqlen,
                                                                      r.eval_windows);
@@ -218,28 +216,19 @@ bool QuantizeTask::step(WorkerModel& m, bool /*fresh_load*/) {
         return true;
       }
       case Phase::load_result: {
-        std::vector<engine::SourceFile> files;
-        for (const auto& e : std::filesystem::directory_iterator(spec_.out_dir)) {
-          if (e.is_regular_file()) files.push_back({e.path().filename().string(), e.path(), e.file_size()});
-        }
-        std::sort(files.begin(), files.end(), [](const auto& a, const auto& b) { return a.name < b.name; });
         engine::LoadOptions lo;
         lo.n_threads = spec_.n_threads;
-        result_ = engine::LlamaModel::load(files, lo);
+        result_ = engine::LlamaModel::load(engine::inspect_model_source(spec_.out_dir).files, lo);
         phase_ = r.eval_windows > 0 ? Phase::eval_result : Phase::smoke;
         return true;
       }
       case Phase::smoke: {
-        if (!result_) {
-          phase_ = Phase::load_result;
-          return true;
-        }
         emit_progress("smoke", 0, 1, 0.99, true);
         smoke_source_ = greedy(source);
         smoke_result_ = greedy(*result_);
         QuantizeEvent ev;
         ev.kind = QuantizeEvent::Kind::done;
-        ev.quality = quality_report(source);
+        ev.quality = quality_report();
         result_.reset();
         finished_ = true;
         phase_ = Phase::finished;
@@ -257,7 +246,7 @@ bool QuantizeTask::step(WorkerModel& m, bool /*fresh_load*/) {
   return false;
 }
 
-json QuantizeTask::quality_report(const engine::LlamaModel& /*source*/) {
+json QuantizeTask::quality_report() {
   const protocol::QuantizeRequest& r = spec_.request;
   json q;
   q["method"] = r.method;

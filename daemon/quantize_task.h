@@ -54,7 +54,7 @@ class QuantizeTask final : public Task {
   enum class Phase { prepare, layers, checkpoint, eval_source, load_result, eval_result, smoke, finished };
   void prepare(const engine::LlamaModel& source);
   void emit_progress(const std::string& stage, int64_t done, int64_t total, double fraction, bool force);
-  nlohmann::json quality_report(const engine::LlamaModel& source);
+  nlohmann::json quality_report();
 
   QuantizeSpec spec_;
   std::function<void(QuantizeEvent)> emit_;

@@ -37,10 +37,6 @@ using engine::StDtype;
 using engine::StTensor;
 using nlohmann::json;
 
-constexpr const char* kLinearNames[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                        "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                        "mlp.down_proj"};
-
 // ---- file system helpers (every failure is Error(no_space | io) naming the path) --------------
 
 void write_json_atomic(const fs::path& path, const json& j) {
@@ -356,10 +352,19 @@ struct OutDir {
 
 }  // namespace
 
+const std::vector<std::string>& llama_linear_names() {
+  static const std::vector<std::string> names = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                                 "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
+                                                 "mlp.down_proj"};
+  return names;
+}
+
+std::string linear_prefix(int64_t layer, const std::string& name) { return cat("model.layers.", layer, ".", name); }
+
 std::vector<std::string> llama_linear_prefixes(int64_t n_layers) {
   std::vector<std::string> out;
   for (int64_t i = 0; i < n_layers; ++i) {
-    for (const char* name : kLinearNames) out.push_back(cat("model.layers.", i, ".", name));
+    for (const std::string& name : llama_linear_names()) out.push_back(linear_prefix(i, name));
   }
   return out;
 }
@@ -410,7 +415,7 @@ void write_gptq_checkpoint(const engine::ModelInfo& source, const LinearSource& 
            "be multiples of ", block, ", but the weight is [out ", u.N, ", in ", u.K, "]; choose another bit width");
     }
     u.section = section_of(p);
-    u.rank = 1 + static_cast<int64_t>(i % std::size(kLinearNames));
+    u.rank = 1 + static_cast<int64_t>(i % llama_linear_names().size());
     linear_index[p] = units.size();
     units.push_back(std::move(u));
   }

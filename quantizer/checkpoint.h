@@ -25,8 +25,12 @@ struct CheckpointSpec {
 // by reading it back from a per-layer job file. Called once per prefix, in layer order.
 using LinearSource = std::function<QuantizedLinear(const std::string& prefix)>;
 
-// The module paths of the linears GPTQ quantizes in a Llama-family model, in layer order and,
-// within a layer, q, k, v, o, gate, up, down.
+// The linears GPTQ quantizes in a Llama-family layer, in checkpoint order: self_attn.q_proj,
+// k_proj, v_proj, o_proj, mlp.gate_proj, up_proj, down_proj.
+const std::vector<std::string>& llama_linear_names();
+// The module path of a linear: "model.layers.<layer>.<name>".
+std::string linear_prefix(int64_t layer, const std::string& name);
+// Every linear's module path in layer order and, within a layer, in llama_linear_names() order.
 std::vector<std::string> llama_linear_prefixes(int64_t n_layers);
 
 // Writes the checkpoint into `out_dir` (created; must not exist or be empty):

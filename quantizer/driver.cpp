@@ -21,15 +21,14 @@ double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
-// The phases of one layer, in order. RTN uses load, solve_all, write only.
-enum class Phase { embed, replay, load, capture_qkv, solve_qkv, capture_o, solve_o, capture_gate_up, solve_gate_up,
+// The phases of one layer, in order. RTN uses solve_all and write only.
+enum class Phase { embed, replay, capture_qkv, solve_qkv, capture_o, solve_o, capture_gate_up, solve_gate_up,
                    capture_down, solve_down, forward, solve_all, write, done };
 
 const char* stage_name(Phase p) {
   switch (p) {
     case Phase::embed: return "embed";
     case Phase::replay: return "replay";
-    case Phase::load: return "load";
     case Phase::capture_qkv: case Phase::solve_qkv: return "qkv";
     case Phase::capture_o: case Phase::solve_o: return "o";
     case Phase::capture_gate_up: case Phase::solve_gate_up: return "gate_up";
@@ -67,17 +66,6 @@ std::string meta_or_throw(const engine::SafetensorsFile& f, const std::string& k
 }  // namespace
 
 const char* to_string(Method m) { return m == Method::gptq ? "gptq" : "rtn"; }
-
-const std::vector<std::string>& llama_linear_names() {
-  static const std::vector<std::string> names = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                 "self_attn.o_proj", "mlp.gate_proj",    "mlp.up_proj",
-                                                 "mlp.down_proj"};
-  return names;
-}
-
-std::string linear_prefix(int64_t layer, const std::string& name) {
-  return "model.layers." + std::to_string(layer) + "." + name;
-}
 
 nlohmann::json LinearReport::to_json() const {
   return {{"name", name},
@@ -155,19 +143,18 @@ struct LayerDriver::State {
     if (!quantized) return;
     for (const std::string& name : llama_linear_names()) {
       QuantizedLinear q = read_linear(job_dir, li, name);
-      store(name, q);
+      store(name, q, dequantize(q, /*fp16_scales=*/true));
     }
   }
 
-  // Replaces the linear's rows with its dequantized weights (fp16 scales: what an engine loading
-  // the checkpoint computes), so later stages and layers see the deployed weights.
-  void store(const std::string& name, const QuantizedLinear& q) {
+  // Replaces the linear's rows with `w`, its dequantized weights with fp16 scales (what an engine
+  // loading the checkpoint computes), so later stages and layers see the deployed weights.
+  void store(const std::string& name, const QuantizedLinear& q, const std::vector<float>& w) {
     LinearSlot sl = slot(name);
     if (q.N != sl.rows || q.K != sl.matrix->cols) {
       fail(ErrorCode::invalid_model, "layer ", layer, " ", name, ": quantized shape [", q.N, ", ", q.K,
            "] does not match the model's [", sl.rows, ", ", sl.matrix->cols, "]");
     }
-    std::vector<float> w = dequantize(q, /*fp16_scales=*/true);
     std::memcpy(sl.matrix->data.data() + sl.row0 * sl.matrix->cols, w.data(), w.size() * sizeof(float));
   }
 
@@ -191,7 +178,7 @@ struct LayerDriver::State {
     r.damp_attempts = q.damp_attempts;
     r.rtn_fallback = q.rtn_fallback;
     r.n_dead = q.n_dead;
-    std::vector<float> deq = dequantize(q, true);
+    const std::vector<float> deq = dequantize(q, /*fp16_scales=*/true);
     double num = 0, den = 0;
     for (size_t i = 0; i < deq.size(); ++i) {
       const double d = static_cast<double>(W[i]) - deq[i];
@@ -199,7 +186,7 @@ struct LayerDriver::State {
       den += static_cast<double>(W[i]) * W[i];
     }
     r.weight_error = den > 0 ? std::sqrt(num / den) : 0.0;
-    store(name, q);
+    store(name, q, deq);
     r.seconds = seconds_since(t0);
     reports.push_back(r);
     results[name] = std::move(q);
@@ -374,7 +361,6 @@ struct LayerDriver::State {
         return phase != Phase::done;
       }
       case Phase::done:
-      case Phase::load:
         return false;
     }
     return false;
@@ -390,11 +376,12 @@ struct LayerDriver::State {
       case Phase::solve_gate_up: p.total = 2; break;
       case Phase::solve_o: case Phase::solve_down: case Phase::write: p.total = 1; break;
       case Phase::solve_all: p.total = static_cast<int64_t>(llama_linear_names().size()); break;
-      case Phase::done: case Phase::load: p.total = 0; break;
+      case Phase::done: p.total = 0; break;
       default: p.total = S;
     }
     p.done = unit;
-    // Within a GPTQ layer the capture/forward passes dominate: count the 9 phases evenly.
+    // Within a GPTQ layer: the 9 phases from capture_qkv to forward count evenly, a tenth each;
+    // the last tenth is the write.
     double within = 0;
     if (phase == Phase::done) {
       p.fraction = 1;

@@ -27,6 +27,7 @@
 
 #include "engine/layer_pass.h"
 #include "engine/llama_model.h"
+#include "quantizer/checkpoint.h"
 #include "quantizer/gptq.h"
 
 namespace gptqd::quantizer {
@@ -61,10 +62,6 @@ struct DriverProgress {
   int64_t done = 0, total = 0;  // units (samples or linears) of this stage
   double fraction = 0;          // of the whole job, 0..1
 };
-
-// The linear names of a Llama layer in checkpoint order, and their module paths.
-const std::vector<std::string>& llama_linear_names();  // self_attn.q_proj ... mlp.down_proj
-std::string linear_prefix(int64_t layer, const std::string& name);  // model.layers.N.<name>
 
 class LayerDriver {
  public:
