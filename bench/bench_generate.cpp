@@ -65,7 +65,7 @@ int main(int argc, char** argv) {
       tg.push_back(decode_tokens / seconds_since(t0));
     }
     std::printf("model    %s\n", model_path.c_str());
-    std::printf("weights  %.1f MiB fp32 in memory (%s, %s), loaded in %.2f s\n",
+    std::printf("weights  %.1f MiB in memory (%s, %s), loaded in %.2f s\n",
                 static_cast<double>(model->weights_bytes()) / (1 << 20), model->info().dtype.c_str(),
                 model->backend().name().c_str(), load_s);
     std::printf("threads  %d\n\n", threads);

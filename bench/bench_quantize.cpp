@@ -5,6 +5,7 @@
 //
 //   bench_quantize MODEL(.gguf|folder) --calib wiki.valid.raw [--samples 32] [--seqlen 512]
 //                  [--threads 2] [--bits 4] [--group-size 128] [--act-order] [--method gptq|rtn]
+//                  [--out DIR]   (also write the GPTQ checkpoint, e.g. for bench_generate)
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -17,6 +18,7 @@
 #include "engine/model_source.h"
 #include "engine/perplexity.h"
 #include "quantizer/calibration.h"
+#include "quantizer/checkpoint.h"
 #include "quantizer/driver.h"
 
 namespace {
@@ -41,6 +43,8 @@ int main(int argc, char** argv) {
   app.add_option("--bits", bits)->capture_default_str();
   app.add_option("--group-size", group_size)->capture_default_str();
   app.add_flag("--act-order", act_order);
+  std::string out_dir;
+  app.add_option("--out", out_dir, "Write the GPTQ checkpoint to this (new) folder");
   app.add_option("--method", method)->check(CLI::IsMember({"gptq", "rtn"}))->capture_default_str();
   CLI11_PARSE(app, argc, argv);
 
@@ -97,6 +101,25 @@ int main(int argc, char** argv) {
   for (const auto& [stage, s] : by_stage) std::printf("| %s | %.2f | %.1f%% |\n", stage.c_str(), s, 100 * s / total);
   std::printf("\ntotal: %.2f s for %zu layers (%s, %lld x %lld tokens, %d threads)\n", total, per_layer.size(),
               method.c_str(), static_cast<long long>(samples), static_cast<long long>(seqlen), threads);
+  if (!out_dir.empty()) {
+    t0 = Clock::now();
+    gptqd::quantizer::CheckpointSpec cs;
+    cs.config.bits = bits;
+    cs.config.group_size = group_size;
+    cs.config.desc_act = act_order;
+    std::map<std::string, std::pair<int64_t, std::string>> where;  // prefix -> (layer, name)
+    for (int64_t l = 0; l < static_cast<int64_t>(per_layer.size()); ++l) {
+      for (const std::string& name : gptqd::quantizer::llama_linear_names()) {
+        where[gptqd::quantizer::linear_prefix(l, name)] = {l, name};
+      }
+    }
+    auto linears = [&job, &where](const std::string& prefix) {
+      const auto& [layer, name] = where.at(prefix);
+      return gptqd::quantizer::LayerDriver::read_linear(job, layer, name);
+    };
+    gptqd::quantizer::write_gptq_checkpoint(info, linears, cs, out_dir);
+    std::printf("checkpoint: %s (%.2f s)\n", out_dir.c_str(), seconds_since(t0));
+  }
   std::filesystem::remove_all(job);
   return 0;
 }

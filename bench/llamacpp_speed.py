@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""llama.cpp's CPU speed on SmolLM2-135M-Instruct (F16 and Q4_1): a reference for docs/performance.md.
+"""llama.cpp's CPU speed on SmolLM2-135M-Instruct (F16, Q4_1, Q4_0): a reference for docs/performance.md.
 
 Measures, through llama-cpp-python's low-level ctypes API, prompt processing (one 512-token prompt,
 n_batch = n_ubatch 512) and decode (128 greedy tokens, one llama_decode per token) with 2 threads,
@@ -22,6 +22,9 @@ Details
 - F16 model: llama_model_quantize(ftype = LLAMA_FTYPE_MOSTLY_F16, allow_requantize) of the Q4_1
   GGUF (written to build/llamacpp-bench/); the norms stay F32, the other weights are the
   dequantized Q4_1 values rounded to fp16 (speed, not accuracy, is what this file is for).
+- Q4_0 model: llama_model_quantize(ftype = LLAMA_FTYPE_MOSTLY_Q4_0) of that F16 file, with
+  llama.cpp's own choice of types for the tensors it treats specially (the tied token embedding /
+  output matrix); its size is printed. The comparison point of gptqd's 4-bit GPTQ decode.
 - Context: llama.cpp's library defaults except n_ctx 2048, n_batch = n_ubatch 512, n_threads =
   n_threads_batch 2; so flash attention "auto" and an F16 KV cache, weights loaded with llama.cpp's
   default load mode (mmap) and its default CPU weight repacking. Both are printed.
@@ -217,6 +220,7 @@ def main():
     ap.add_argument("--work", default=str(REPO / "build" / "llamacpp-bench"))
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--models", default="F16,Q4_1,Q4_0", help="comma-separated subset of F16,Q4_1,Q4_0")
     ap.add_argument("--idle-threshold", type=float, default=0.9,
                     help="before each run, wait until the CPUs are this idle (fraction, /proc/stat over 2 s)")
     ap.add_argument("--idle-wait", type=float, default=600, help="give up waiting for idle after this many s")
@@ -234,6 +238,10 @@ def main():
     f16 = work / "SmolLM2-135M-Instruct.F16.gguf"
     if not f16.exists():
         quantize(q4, f16, lc.LLAMA_FTYPE_MOSTLY_F16)
+    q40 = work / "SmolLM2-135M-Instruct.Q4_0.gguf"
+    if not q40.exists():
+        quantize(f16, q40, lc.LLAMA_FTYPE_MOSTLY_Q4_0)
+    paths = {"F16": f16, "Q4_1": q4, "Q4_0": q40}
     prompt_bytes = pathlib.Path(args.data).read_bytes()[:16384]
 
     out = {"date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -241,7 +249,8 @@ def main():
            "system_info": lc.llama_print_system_info().decode(), "cpu": lscpu_summary(),
            "python": platform.python_version(), "threads": N_THREADS, "n_prompt": N_PROMPT, "n_gen": N_GEN,
            "loadavg_before": os.getloadavg(), "models": {}}
-    for name, path in (("F16", f16), ("Q4_1", q4)):
+    for name in args.models.split(","):
+        path = paths[name]
         r = bench_model(path, prompt_bytes, args.runs, args.idle_threshold, args.idle_wait,
                         args.min_cpu_share, args.max_disturbed)
         out["models"][name] = r

@@ -9,18 +9,32 @@
 #include <string>
 #include <vector>
 
+#include "kernels/cpu/gptq_gemm.h"
+#include "kernels/dispatch.h"
+
 namespace gptqd::engine {
 
-// A dense weight matrix W [rows, cols] row-major: y = x W^T maps cols inputs to rows outputs.
-// fp16 weights stay fp16 (data_f16) so that decode reads half the bytes; everything else is fp32.
+// One GPTQ linear of a stacked matrix, in the CPU kernels' layout (repacked once at load).
+struct GptqPart {
+  int64_t row_offset = 0;  // its first output row in the stacked matrix
+  kernels::LinearDesc desc;  // what the dispatch table decides on
+  kernels::cpu::GptqPackedLinear packed;
+};
+
+// A weight matrix W [rows, cols]: y = x W^T maps cols inputs to rows outputs. Exactly one
+// representation is set: fp32 rows, fp16 rows (kept fp16 so that decode reads half the bytes), or
+// GPTQ parts stacked along the rows (q, k, v -> qkv), which stay packed (a quarter of fp16 at
+// 4 bits) and run through the INT4 kernels the dispatch table picks.
 struct DenseMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
-  std::vector<float> data;         // [rows, cols] fp32, empty when the matrix is fp16
-  std::vector<uint16_t> data_f16;  // [rows, cols] fp16 bits, empty when the matrix is fp32
+  std::vector<float> data;         // [rows, cols] fp32
+  std::vector<uint16_t> data_f16;  // [rows, cols] fp16 bits
+  std::vector<GptqPart> gptq;      // parts covering rows [0, rows) in order
   bool is_f16() const { return !data_f16.empty(); }
-  bool empty() const { return data.empty() && data_f16.empty(); }
-  uint64_t size_bytes() const { return data.size() * sizeof(float) + data_f16.size() * sizeof(uint16_t); }
+  bool is_gptq() const { return !gptq.empty(); }
+  bool empty() const { return data.empty() && data_f16.empty() && gptq.empty(); }
+  uint64_t size_bytes() const;
   void row(int64_t r, float* out) const;  // out [cols] = fp32(W[r, :])
 };
 

@@ -106,6 +106,30 @@ class ThreadPool {
 };
 
 class CpuBackend final : public Backend {
+ private:
+  static constexpr int64_t kBlasTiles = 4;   // 64 output columns per dequantize + sgemm unit
+  static constexpr int64_t kBlasK = 512;     // rows of k per dequantized tile (128 KiB of fp32)
+
+  static kcpu::CpuIsa isa_of(kernels::KernelId id) {
+    switch (id) {
+      case kernels::KernelId::cpu_avx512: return kcpu::CpuIsa::avx512;
+      case kernels::KernelId::cpu_avx2: return kcpu::CpuIsa::avx2;
+      default: return kcpu::CpuIsa::scalar;
+    }
+  }
+
+  struct PartInput {
+    kernels::KernelId kernel = kernels::KernelId::cpu_scalar;
+    kcpu::CpuIsa isa = kcpu::CpuIsa::scalar;
+    const float* x = nullptr;  // the input in kernel order: the caller's x, or xp when permuted
+    std::vector<float> xp;     // [n, K] permuted input (act-order parts)
+    std::vector<float> xsum;   // [n, n_groups]
+  };
+  struct Unit {
+    size_t part;
+    int64_t t0, t1;
+  };
+
  public:
   explicit CpuBackend(int n_threads) : n_threads_(n_threads), pool_(n_threads) { openblas_set_num_threads(1); }
 
@@ -116,6 +140,10 @@ class CpuBackend final : public Backend {
   // and runs single-threaded BLAS on it: one pool for all parallelism, no second set of BLAS
   // threads competing for the cores.
   void matmul(const DenseMatrix& w, const float* x, int64_t n, float* y) override {
+    if (w.is_gptq()) {
+      matmul_gptq(w, x, n, y);
+      return;
+    }
     const auto cols = static_cast<blasint>(w.cols);
     pool_.parallel_for(w.rows, [&](int64_t r0, int64_t r1) {
       const auto rows = static_cast<blasint>(r1 - r0);
@@ -144,6 +172,73 @@ class CpuBackend final : public Backend {
                     cols, 0.0f, y + r0, static_cast<blasint>(w.rows));
       }
     });
+  }
+
+  // GPTQ parts run through the kernel the dispatch table picks for (this CPU, the part, n):
+  // the direct INT4 kernel for decode and small n (tiles of 16 output columns split over the
+  // threads), or dequantized tiles + BLAS for large n. Inputs are permuted (act-order) and summed
+  // per group once per part, before the threads start.
+  void matmul_gptq(const DenseMatrix& w, const float* x, int64_t n, float* y) {
+    const kernels::DeviceDesc& cpu = kernels::host_cpu_device();
+    const size_t n_parts = w.gptq.size();
+    inputs_.resize(std::max(inputs_.size(), n_parts));
+    units_.clear();
+    for (size_t i = 0; i < n_parts; ++i) {
+      const GptqPart& part = w.gptq[i];
+      const kcpu::GptqPackedLinear& p = part.packed;
+      PartInput& in = inputs_[i];
+      in.kernel = kernels::pick_kernel(cpu, part.desc, n);
+      // The vector ISA of the direct kernel this CPU would run at n = 1 also dequantizes tiles.
+      in.isa = isa_of(in.kernel == kernels::KernelId::cpu_dequant_blas ? kernels::pick_kernel(cpu, part.desc, 1)
+                                                                        : in.kernel);
+      in.xsum.resize(static_cast<size_t>(n * p.n_groups));
+      in.x = x;
+      if (!p.perm.empty()) {
+        in.xp.resize(static_cast<size_t>(n * p.K));
+        in.x = in.xp.data();
+      }
+      check(kcpu::gptq_prepare_input(p, x, p.K, n, p.perm.empty() ? nullptr : in.xp.data(), in.xsum.data()),
+            "gptq_prepare_input");
+      // Work units: single tiles for the direct kernel, blocks of tiles for dequantize + BLAS.
+      const int64_t step = in.kernel == kernels::KernelId::cpu_dequant_blas ? kBlasTiles : 1;
+      for (int64_t t = 0; t < p.n_tiles; t += step) units_.push_back({i, t, std::min(p.n_tiles, t + step)});
+    }
+    pool_.parallel_for(static_cast<int64_t>(units_.size()), [&](int64_t u0, int64_t u1) {
+      for (int64_t u = u0; u < u1; ++u) {
+        const Unit& unit = units_[static_cast<size_t>(u)];
+        const GptqPart& part = w.gptq[unit.part];
+        const PartInput& in = inputs_[unit.part];
+        float* yp = y + part.row_offset;
+        if (in.kernel != kernels::KernelId::cpu_dequant_blas) {
+          // Consecutive units of one part go to the kernel in one call.
+          int64_t end = u + 1;
+          while (end < u1 && units_[static_cast<size_t>(end)].part == unit.part) ++end;
+          check(kcpu::gptq_gemm_direct(part.packed, in.isa, in.x, in.xsum.data(), n, unit.t0,
+                                       units_[static_cast<size_t>(end - 1)].t1, yp, w.rows),
+                "gptq_gemm_direct");
+          u = end - 1;
+          continue;
+        }
+        dequant_gemm(part.packed, in, n, unit.t0, unit.t1, yp, w.rows);
+      }
+    });
+  }
+
+  // y[:, 16*t0 ..) for tiles [t0, t1): dequantize kBlasK rows of k at a time, sgemm them in.
+  static void dequant_gemm(const kcpu::GptqPackedLinear& p, const PartInput& in, int64_t n, int64_t t0, int64_t t1,
+                           float* y, int64_t ldy) {
+    const int64_t width = (t1 - t0) * kcpu::kGptqTile;
+    const int64_t cols = std::min(p.N, t1 * kcpu::kGptqTile) - t0 * kcpu::kGptqTile;
+    thread_local std::vector<float> tile;
+    tile.resize(static_cast<size_t>(kBlasK * width));
+    for (int64_t k0 = 0; k0 < p.K; k0 += kBlasK) {
+      const int64_t k1 = std::min(p.K, k0 + kBlasK);
+      check(kcpu::gptq_dequantize_tiles(p, in.isa, t0, t1, k0, k1, tile.data(), width), "gptq_dequantize_tiles");
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<blasint>(n), static_cast<blasint>(cols),
+                  static_cast<blasint>(k1 - k0), 1.0f, in.x + k0, static_cast<blasint>(p.K), tile.data(),
+                  static_cast<blasint>(width), k0 == 0 ? 0.0f : 1.0f, y + t0 * kcpu::kGptqTile,
+                  static_cast<blasint>(ldy));
+    }
   }
 
   void rms_norm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* y) override {
@@ -211,11 +306,22 @@ class CpuBackend final : public Backend {
  private:
   int n_threads_;
   ThreadPool pool_;
+  std::vector<PartInput> inputs_;  // per part of the current matmul, reused across calls
+  std::vector<Unit> units_;
 };
 
 }  // namespace
 
 void DenseMatrix::row(int64_t r, float* out) const {
+  if (is_gptq()) {
+    for (const GptqPart& p : gptq) {
+      if (r >= p.row_offset && r < p.row_offset + p.packed.N) {
+        check(kcpu::gptq_unpack_rows(p.packed, r - p.row_offset, r - p.row_offset + 1, out), "gptq_unpack_rows");
+        return;
+      }
+    }
+    fail(ErrorCode::internal, "row ", r, " is outside the GPTQ parts");
+  }
   if (is_f16()) {
     check(kcpu::convert_f16_rows(data_f16.data(), cols, r, r + 1, out), "convert_f16_rows");
   } else {

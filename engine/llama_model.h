@@ -22,7 +22,7 @@ namespace gptqd::engine {
 struct LoadOptions {
   std::string device = "cpu";
   int n_threads = 0;  // <= 0: one per hardware thread
-  bool keep_f16 = true;  // fp16 weights stay fp16 (half the memory traffic); false: all fp32
+  bool keep_f16 = true;  // fp16 stays fp16, GPTQ stays packed (INT4 kernels); false: all dense fp32
 };
 
 class LlamaModel {

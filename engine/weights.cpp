@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
 #include "engine/error.h"
 #include "engine/gguf.h"
@@ -15,16 +16,35 @@
 namespace gptqd::engine {
 namespace {
 
-// One matrix as loaded: fp16 bits when the file stores fp16 (and we keep it), else fp32.
+// One matrix as loaded: fp16 bits when the file stores fp16 (and we keep it), GPTQ-packed when
+// it is a GPTQ linear (and we keep it packed), else fp32.
 struct Loaded {
   std::vector<float> f32;
   std::vector<uint16_t> f16;
+  std::optional<GptqPart> gptq;
 };
 
-// Stacks matrices of equal width (q, k, v -> qkv). The result is fp16 only if every part is.
+// Stacks matrices of equal width (q, k, v -> qkv). The result is fp16 only if every part is, GPTQ
+// only if every part is; a mix becomes fp32 (the dense rows of GPTQ parts unpacked exactly).
 DenseMatrix stack(std::vector<Loaded> parts, const std::vector<int64_t>& n_rows, int64_t cols) {
   DenseMatrix m;
   m.cols = cols;
+  if (std::all_of(parts.begin(), parts.end(), [](const Loaded& p) { return p.gptq.has_value(); })) {
+    for (size_t i = 0; i < parts.size(); ++i) {
+      GptqPart part = std::move(*parts[i].gptq);
+      part.row_offset = m.rows;
+      m.gptq.push_back(std::move(part));
+      m.rows += n_rows[i];
+    }
+    return m;
+  }
+  for (Loaded& p : parts) {
+    if (!p.gptq) continue;
+    p.f32.resize(static_cast<size_t>(p.gptq->packed.N * cols));
+    const auto s = kernels::cpu::gptq_unpack_rows(p.gptq->packed, 0, p.gptq->packed.N, p.f32.data());
+    if (s != kernels::KernelStatus::ok) fail(ErrorCode::internal, "cannot unpack GPTQ rows: ", kernels::to_string(s));
+    p.gptq.reset();
+  }
   const bool all_f16 = std::all_of(parts.begin(), parts.end(), [](const Loaded& p) { return !p.f16.empty(); });
   for (size_t i = 0; i < parts.size(); ++i) {
     Loaded& p = parts[i];
@@ -72,7 +92,8 @@ struct StLoader {
     return l;
   }
 
-  // A linear's W [out, in], from `.weight` or dequantized from the GPTQ tensors.
+  // A linear's W [out, in], from `.weight`, or from the GPTQ tensors: repacked for the INT4
+  // kernels (keep_f16), or dequantized to fp32.
   Loaded linear(const std::string& prefix, int64_t in, int64_t out) const {
     if (!info.gptq || !set.find(prefix + ".qweight")) return matrix(prefix + ".weight");
     const GptqConfig& g = *info.gptq;
@@ -89,15 +110,29 @@ struct StLoader {
     std::vector<uint16_t> sc(scales.bytes.size() / 2);
     std::memcpy(sc.data(), scales.bytes.data(), scales.bytes.size());
     std::vector<int32_t> qw = ints(qweight), qz = ints(qzeros), gi = ints(g_idx);
-    std::vector<float> w(static_cast<size_t>(in * out));
     const int zero_offset = g.checkpoint_format == "gptq_v2" ? 0 : 1;
+    if (keep_f16) {
+      const kernels::cpu::GptqTensors t{qw.data(), qz.data(), sc.data(), gi.data(), in, out, g.n_groups(in), g.bits,
+                                        zero_offset};
+      GptqPart part;
+      part.desc = kernels::LinearDesc{g.bits, g.group_size, g.desc_act, g.sym, in, out};
+      auto s = kernels::cpu::gptq_repack(t, &part.packed);
+      if (s != kernels::KernelStatus::ok) {
+        fail(ErrorCode::invalid_model, prefix, ": cannot load GPTQ weights (", kernels::to_string(s),
+             "; g_idx must lie in [0, ", g.n_groups(in), "))");
+      }
+      Loaded l;
+      l.gptq = std::move(part);
+      return l;
+    }
+    std::vector<float> w(static_cast<size_t>(in * out));
     auto s = kernels::cpu::dequantize_gptq(qw.data(), qz.data(), sc.data(), gi.data(), in, out, g.n_groups(in), g.bits,
                                            zero_offset, w.data());
     if (s != kernels::KernelStatus::ok) {
       fail(ErrorCode::invalid_model, prefix, ": cannot dequantize GPTQ weights (", kernels::to_string(s),
            "; g_idx must lie in [0, ", g.n_groups(in), "))");
     }
-    return Loaded{std::move(w), {}};
+    return Loaded{std::move(w), {}, std::nullopt};
   }
 };
 
@@ -252,6 +287,12 @@ LlamaWeights load_gguf(const ModelInfo& info, bool keep_f16) {
 }
 
 }  // namespace
+
+uint64_t DenseMatrix::size_bytes() const {
+  uint64_t n = data.size() * sizeof(float) + data_f16.size() * sizeof(uint16_t);
+  for (const GptqPart& p : gptq) n += p.packed.size_bytes();
+  return n;
+}
 
 uint64_t LlamaWeights::size_bytes() const {
   uint64_t n = embed.size_bytes() + lm_head.size_bytes() + (norm.size() + rope_freq_factors.size()) * sizeof(float);

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// LlamaWeights: every weight of a Llama-family decoder in fp32, loaded from safetensors (dense or
-// GPTQ, dequantized at load) or GGUF (dequantized at load), in one layout: Hugging Face rows,
-// RoPE in the rotate_half convention (engine layer).
+// LlamaWeights: every weight of a Llama-family decoder, loaded from safetensors (fp16/bf16/fp32,
+// or GPTQ kept packed for the INT4 kernels) or GGUF (dequantized at load), in one layout: Hugging
+// Face rows, RoPE in the rotate_half convention (engine layer).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +33,9 @@ struct LlamaWeights {
 };
 
 // Loads the weights described by `info` (from inspect_model_files, so already validated).
-// keep_f16: matrices stored as fp16 stay fp16 (exact; half the bytes); all else is fp32.
+// keep_f16: matrices stored as fp16 stay fp16 (exact; half the bytes) and GPTQ linears stay packed
+// for the INT4 kernels (a quarter of fp16 at 4 bits); false: every matrix is dense fp32 (GPTQ
+// dequantized at load).
 LlamaWeights load_weights(const ModelInfo& info, bool keep_f16 = true);
 
 }  // namespace gptqd::engine

@@ -5,31 +5,11 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/gptq_gemm_internal.h"
 #include "kernels/cpu/half.h"
 
 namespace gptqd::kernels::cpu {
-namespace {
-
-// Code `i` of a column packed along the row direction: `words` points at the column's first word
-// and consecutive words of the column are `stride` apart.
-inline uint32_t packed_code(const int32_t* words, int64_t stride, int64_t i, int bits) {
-  if (bits == 3) {
-    // 32 codes in 3 words: code j of block t sits at bit 3j of the 96-bit value w0|w1<<32|w2<<64.
-    const int64_t t = i / 32, j = i % 32;
-    const uint64_t lo = static_cast<uint32_t>(words[(3 * t) * stride]) |
-                        (static_cast<uint64_t>(static_cast<uint32_t>(words[(3 * t + 1) * stride])) << 32);
-    const uint64_t hi = static_cast<uint32_t>(words[(3 * t + 2) * stride]);
-    const int64_t bit = 3 * j;
-    if (bit + 3 <= 64) return static_cast<uint32_t>((lo >> bit) & 7u);
-    if (bit >= 64) return static_cast<uint32_t>((hi >> (bit - 64)) & 7u);
-    return static_cast<uint32_t>(((lo >> bit) | (hi << (64 - bit))) & 7u);
-  }
-  const int per_word = 32 / bits;
-  const uint32_t word = static_cast<uint32_t>(words[(i / per_word) * stride]);
-  return (word >> (bits * (i % per_word))) & ((1u << bits) - 1u);
-}
-
-}  // namespace
+using detail::packed_code;
 
 KernelStatus dequantize_gptq(const int32_t* qweight, const int32_t* qzeros, const uint16_t* scales,
                              const int32_t* g_idx, int64_t K, int64_t N, int64_t n_groups, int bits, int zero_offset,

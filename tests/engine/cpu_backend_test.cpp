@@ -39,8 +39,9 @@ TEST(CpuBackend, AttentionMatchesTheScalarKernel) {
   auto be = make_backend("cpu", 2);
   // Decode (n = 1) and prefill chunks, with and without a cached prefix; GQA 3:1 (SmolLM2), 4:1,
   // MHA, head_dim 64 and an odd 40.
-  const AttnCase cases[] = {{1, 0, 9, 3, 64}, {1, 300, 9, 3, 64}, {37, 0, 8, 2, 64},
-                            {64, 100, 32, 8, 128}, {5, 3, 4, 4, 40}};
+  const AttnCase cases[] = {{1, 0, 9, 3, 64},      {1, 300, 9, 3, 64}, {37, 0, 8, 2, 64}, {64, 100, 32, 8, 128},
+                            {5, 3, 4, 4, 40},      {1, 77, 4, 4, 44},  {3, 20, 6, 2, 20}, {4, 9, 8, 1, 24},
+                            {2, 500, 32, 8, 128}};
   for (const auto& c : cases) {
     const int64_t q_stride = c.n_heads * c.head_dim + 2 * c.n_kv_heads * c.head_dim;  // as in the fused qkv rows
     const int64_t kv_stride = c.n_kv_heads * c.head_dim, n_keys = c.pos0 + c.n;

@@ -90,6 +90,15 @@ std::vector<Variant> variants() {
   rope.llama3_rope = true;
   v.push_back({"llama3_rope_scaling", rope});
   v.push_back({"gptq_4bit_g16", test::tiny_gptq_options()});
+  test::TinyHfOptions act = test::tiny_gptq_options();
+  act.gptq_act_order = true;
+  v.push_back({"gptq_4bit_g16_act_order", act});
+  test::TinyHfOptions q8 = act;
+  q8.gptq_bits = 8;
+  v.push_back({"gptq_8bit_g16_act_order", q8});
+  test::TinyHfOptions q2 = test::tiny_gptq_options();
+  q2.gptq_bits = 2;
+  v.push_back({"gptq_2bit_g16", q2});
   test::TinyHfOptions mha;
   mha.shape.n_kv_heads = mha.shape.n_heads;  // plain multi-head attention
   mha.shape.n_layers = 3;
@@ -134,6 +143,61 @@ TEST_P(ForwardVsNumpy, LogitsMatch) {
 
 INSTANTIATE_TEST_SUITE_P(Variants, ForwardVsNumpy, ::testing::ValuesIn(variants()),
                          [](const auto& param_info) { return std::string(param_info.param.name); });
+
+// GPTQ linears kept packed (INT4 kernels: the direct kernel, or dequantized tiles + BLAS for
+// prefill on CPUs without AVX-512) give the logits of the same model dequantized to fp32 at load,
+// in far less memory. Only the summation differs (the kernels factor s*(sum q*x - z*sum x), and
+// the AVX-512 one accumulates 1 + q/2^bits): 1e-4 relative, as in ForwardVsNumpy, leaves room
+// for that and is orders of magnitude below what a wrong group, permutation or packing gives
+// (single codes are the kernel tests' job: tests/kernels/gptq_gemm_test.cpp).
+TEST(LlamaModel, GptqKernelsMatchDequantizedWeights) {
+  for (int bits : {4, 8}) {
+    SCOPED_TRACE(bits);
+    test::TempDir dir;
+    test::TinyHfOptions o = test::tiny_gptq_options();
+    o.gptq_bits = bits;
+    o.gptq_act_order = true;
+    o.shape.hidden = 64;
+    o.shape.intermediate = 192;
+    test::write_tiny_hf_model(dir / "m", o);
+    const auto files = inspect_model_source(dir / "m").files;
+    LoadOptions packed_opts, dense_opts;
+    packed_opts.n_threads = dense_opts.n_threads = 2;
+    dense_opts.keep_f16 = false;
+    auto packed = LlamaModel::load(files, packed_opts);
+    auto dense = LlamaModel::load(files, dense_opts);
+    const LayerWeights& pl = packed->weights().layers[0];
+    const LayerWeights& dl = dense->weights().layers[0];
+    ASSERT_TRUE(pl.qkv.is_gptq());
+    ASSERT_EQ(pl.qkv.gptq.size(), 3u);  // q, k, v each with its own permutation
+    ASSERT_FALSE(dl.qkv.is_gptq());
+    // Packed: bits/8 bytes per weight plus fp16 scale and zero per 16-weight group, against 4 bytes.
+    const double per_weight = static_cast<double>(pl.gate_up.size_bytes()) / static_cast<double>(pl.gate_up.rows * pl.gate_up.cols);
+    EXPECT_LT(per_weight, bits / 8.0 + 0.26 + 0.05);
+    EXPECT_EQ(dl.gate_up.size_bytes(), static_cast<uint64_t>(dl.gate_up.rows * dl.gate_up.cols * 4));
+    // Rows unpack exactly to the dense ones.
+    std::vector<float> a(static_cast<size_t>(pl.down.cols)), b(a.size());
+    for (int64_t r = 0; r < pl.down.rows; ++r) {
+      pl.down.row(r, a.data());
+      dl.down.row(r, b.data());
+      ASSERT_EQ(a, b) << "row " << r;
+    }
+    const int64_t V = packed->config().vocab_size;
+    const std::vector<int32_t> ids = some_ids(24, static_cast<int>(V), 5);
+    Session sp(*packed, 64), sd(*dense, 64);
+    std::vector<float> lp, ld;
+    packed->forward(sp, std::span<const int32_t>(ids).first(20), true, lp);  // prefill: M = 20
+    dense->forward(sd, std::span<const int32_t>(ids).first(20), true, ld);
+    for (int64_t i = 0; i < 20; ++i) {
+      EXPECT_LT(rel_l2(lp.data() + i * V, std::vector<double>(ld.begin() + i * V, ld.begin() + (i + 1) * V).data(), V), 1e-4);
+    }
+    for (size_t i = 20; i < ids.size(); ++i) {  // decode: M = 1
+      packed->forward(sp, std::span<const int32_t>(&ids[i], 1), false, lp);
+      dense->forward(sd, std::span<const int32_t>(&ids[i], 1), false, ld);
+      EXPECT_LT(rel_l2(lp.data(), std::vector<double>(ld.begin(), ld.end()).data(), V), 1e-4) << "token " << i;
+    }
+  }
+}
 
 TEST(LlamaModel, PrefillThenDecodeEqualsTokenByToken) {
   test::TempDir dir;

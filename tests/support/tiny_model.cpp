@@ -5,6 +5,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -53,18 +54,22 @@ HostTensor ones_f16(const std::string& name, int64_t n) {
   return HostTensor{name, engine::StDtype::F16, {n}, as_bytes(h)};
 }
 
-// GPTQ 4-bit, group size 16, symmetric v1 (stored zero 7 = 8 - 1) linear with K inputs, N outputs.
-void add_gptq_linear(std::vector<HostTensor>& out, std::mt19937& rng, const std::string& prefix, int64_t K, int64_t N) {
-  const int bits = 4;
+// GPTQ, group size 16, symmetric v1 (stored zero 2^(bits-1) - 1) linear with K inputs, N outputs;
+// act-order: g_idx from a random permutation of the columns.
+void add_gptq_linear(std::vector<HostTensor>& out, std::mt19937& rng, const std::string& prefix, int64_t K, int64_t N,
+                     int bits, bool act_order) {
   const int64_t group = 16, G = (K + group - 1) / group;
-  std::uniform_int_distribution<int> code(0, 15);
+  std::uniform_int_distribution<int> code(0, (1 << bits) - 1);
   std::vector<uint8_t> codes(static_cast<size_t>(K * N));
   for (auto& c : codes) c = static_cast<uint8_t>(code(rng));
-  std::vector<uint8_t> zeros(static_cast<size_t>(G * N), 7);
+  std::vector<uint8_t> zeros(static_cast<size_t>(G * N), static_cast<uint8_t>((1 << (bits - 1)) - 1));
   std::vector<uint16_t> scales;
   for (float x : random_floats(rng, static_cast<size_t>(G * N), 0.01f)) scales.push_back(kernels::cpu::f32_to_f16(std::abs(x) + 1e-3f));
+  std::vector<int32_t> order(static_cast<size_t>(K));
+  std::iota(order.begin(), order.end(), 0);
+  if (act_order) std::shuffle(order.begin(), order.end(), rng);
   std::vector<int32_t> g_idx(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) g_idx[static_cast<size_t>(k)] = static_cast<int32_t>(k / group);
+  for (int64_t p = 0; p < K; ++p) g_idx[static_cast<size_t>(order[static_cast<size_t>(p)])] = static_cast<int32_t>(p / group);
   out.push_back({prefix + ".qweight", engine::StDtype::I32, {K * bits / 32, N}, as_bytes(quantizer::pack_qweight(codes, K, N, bits))});
   out.push_back({prefix + ".qzeros", engine::StDtype::I32, {G, N * bits / 32}, as_bytes(quantizer::pack_qzeros(zeros, G, N, bits))});
   out.push_back({prefix + ".scales", engine::StDtype::F16, {G, N}, as_bytes(scales)});
@@ -204,7 +209,7 @@ void write_tiny_hf_model(const fs::path& dir, const TinyHfOptions& o) {
                 {"self_attn.o_proj", Q, H}, {"mlp.gate_proj", H, I},     {"mlp.up_proj", H, I},
                 {"mlp.down_proj", I, H}};
     for (const auto& l : lins) {
-      if (o.gptq) add_gptq_linear(t, rng, p + l.name, l.in, l.out);
+      if (o.gptq) add_gptq_linear(t, rng, p + l.name, l.in, l.out, o.gptq_bits, o.gptq_act_order);
       else t.push_back(f16_tensor(rng, p + l.name + ".weight", {l.out, l.in}, 0.2f));
       if (o.family == "qwen2" && l.name[10] != 'o' && std::string(l.name).rfind("self_attn", 0) == 0) {
         t.push_back(f16_tensor(rng, p + l.name + ".bias", {l.out}, 0.1f));
@@ -222,7 +227,7 @@ void write_tiny_hf_model(const fs::path& dir, const TinyHfOptions& o) {
     config["rope_theta"] = 500000.0;
   }
   if (o.gptq) {
-    json q = {{"bits", 4},          {"group_size", 16},          {"damp_percent", 0.01}, {"desc_act", false},
+    json q = {{"bits", o.gptq_bits}, {"group_size", 16},         {"damp_percent", 0.01}, {"desc_act", o.gptq_act_order},
               {"static_groups", false}, {"sym", true},           {"true_sequential", true},
               {"model_name_or_path", ""}, {"model_file_base_name", "model"}, {"quant_method", "gptq"},
               {"checkpoint_format", "gptq"}};

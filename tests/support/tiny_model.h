@@ -39,7 +39,9 @@ struct TinyHfOptions {
   std::string family = "llama";  // "qwen2": model_type qwen2 with q/k/v biases
   bool tie_embeddings = false;   // no lm_head.weight; the embeddings are the output layer
   bool llama3_rope = false;      // rope_scaling {"rope_type": "llama3", factor 8, ...}
-  bool gptq = false;          // linears as GPTQ 4-bit, group size 16 (+ quantize_config.json)
+  bool gptq = false;          // linears as GPTQ, group size 16, symmetric v1 (+ quantize_config.json)
+  int gptq_bits = 4;          // 2, 4 or 8
+  bool gptq_act_order = false;  // desc_act: g_idx from a random column permutation
   int n_shards = 1;           // > 1: model-0000i-of-0000n.safetensors + index
   uint32_t seed = 1;          // changes the weights (and so the digests)
 };
