@@ -166,6 +166,11 @@ int cmd_show(Context& ctx, const std::string& model) {
   }
   const auto quality = quality_rows(q);
   rows.insert(rows.end(), quality.begin(), quality.end());
+  // GPTQ tags: the kernel each linear group gets on this machine.
+  if (j.contains("kernels")) {
+    const auto kernels = kernel_rows(j["kernels"]);
+    rows.insert(rows.end(), kernels.begin(), kernels.end());
+  }
   print(ctx, format_table(rows));
   print(ctx, "Files\n");
   std::vector<std::vector<std::string>> files;
@@ -290,6 +295,13 @@ int cmd_ps(Context& ctx) {
     return kExitOk;
   }
   print(ctx, format_table(rows));
+  return kExitOk;
+}
+
+int cmd_gpu(Context& ctx, bool verbose) {
+  json j = call(ctx, "GET", "/api/gpu");
+  if (print_json(ctx, j)) return kExitOk;
+  print(ctx, format_gpu_report(j, verbose));
   return kExitOk;
 }
 

@@ -71,6 +71,8 @@ int cmd_eval(Context& ctx, const EvalArgs& args);
 int cmd_dataset_add(Context& ctx, const std::string& name, const std::vector<std::string>& files);
 int cmd_dataset_list(Context& ctx);
 int cmd_ps(Context& ctx);
+// `gpu`: devices and the INT4 kernels; `verbose` adds the rejections of the common table.
+int cmd_gpu(Context& ctx, bool verbose);
 int cmd_status(Context& ctx);
 int cmd_pull(Context& ctx, const PullArgs& args);
 int cmd_list(Context& ctx);

@@ -80,6 +80,10 @@ int main(int argc, char** argv) {
   dataset_pull->add_option("source", dataset_source, "SOURCE")->required();
 
   auto* ps = app.add_subcommand("ps", "Models loaded on the device");
+  bool gpu_verbose = false;
+  auto* gpu = app.add_subcommand("gpu", "CPU and GPUs, and which INT4 kernel runs each GPTQ linear, and why");
+  gpu->add_flag("--verbose,-v", gpu_verbose, "Also list why each other kernel was rejected in the common table");
+  gpu->add_flag("--json", json, "Print the daemon's JSON");
 
   QuantizeArgs quantize_args;
   auto* quantize = app.add_subcommand("quantize", "Quantize a model (GPTQ or RTN) into a new tag, as a daemon job; "
@@ -144,6 +148,7 @@ int main(int argc, char** argv) {
                                   "files and use `gptqctl dataset add NAME FILE...`");
     }
     if (ps->parsed()) return cmd_ps(ctx);
+    if (gpu->parsed()) return cmd_gpu(ctx, gpu_verbose);
     if (quantize->parsed()) return cmd_quantize(ctx, quantize_args);
     if (jobs_show->parsed()) return cmd_job_show(ctx, job_id, follow);
     if (jobs->parsed()) return cmd_jobs(ctx);

@@ -489,4 +489,155 @@ void JobRenderer::finish() {
   std::fflush(out_);
 }
 
+// ---- gpu and kernels ---------------------------------------------------------------------------
+
+namespace {
+
+// A table whose rows may carry note lines printed under them, outside the columns.
+struct NotedRow {
+  std::vector<std::string> cells;
+  std::vector<std::string> notes;
+};
+
+std::string format_noted_table(const std::vector<NotedRow>& rows, const std::string& indent) {
+  std::vector<std::vector<std::string>> plain;
+  for (const auto& r : rows) plain.push_back(r.cells);
+  const std::string table = format_table(plain);
+  std::string out;
+  size_t pos = 0;
+  for (const auto& r : rows) {
+    const size_t end = table.find('\n', pos);
+    out += indent + table.substr(pos, end - pos + 1);
+    pos = end + 1;
+    for (const auto& n : r.notes) out += indent + "    " + n + "\n";
+  }
+  return out;
+}
+
+// "rejected: cpu-avx2: needs ..." for every candidate but the chosen one ("also eligible: ..."
+// for those that could run but rank lower).
+std::vector<std::string> rejection_lines(const json& choice) {
+  std::vector<std::string> lines;
+  if (!choice.is_object() || !choice.contains("candidates") || !choice["candidates"].is_array()) return lines;
+  for (const auto& c : choice["candidates"]) {
+    if (flag(c, "chosen")) continue;
+    const bool could_run = flag(c, "eligible") && flag(c, "built");
+    lines.push_back((could_run ? "also eligible: " : "rejected: ") + text(c, "kernel") + ": " + text(c, "reason"));
+  }
+  return lines;
+}
+
+// "cpu-avx2", or "cpu-avx2 (host CPU)" when a GPU's work falls back to its CPU.
+std::string kernel_cell(const json& choice, bool on_gpu) {
+  std::string k = text(choice, "kernel");
+  if (on_gpu && text(choice, "runs_on") == "cpu") k += " (host CPU)";
+  return k;
+}
+
+std::string shape_text(const json& l) { return "K=" + text(l, "K") + " N=" + text(l, "N"); }
+
+}  // namespace
+
+std::string format_gpu_report(const json& doc, bool verbose) {
+  std::string out;
+  const json cpu = doc.value("cpu", json::object());
+  std::string features;
+  for (const auto& f : cpu.value("features", json::array())) {
+    if (f.is_string()) features += (features.empty() ? "" : " ") + printable(f.get<std::string>());
+  }
+  out += "CPU: " + text(cpu, "model") + " (" + text(cpu, "logical_cpus") + " logical CPUs)\n";
+  out += "  features: " + (features.empty() ? std::string("none the kernels use") : features) + "\n";
+  out += "  INT4 kernels: " + text(cpu, "decode_kernel") + " for decode, " + text(cpu, "prefill_kernel") +
+         " for prefill\n";
+
+  const json cuda = doc.value("cuda", json::object());
+  const json devices = cuda.value("devices", json::array());
+  std::string versions;
+  if (auto v = text(cuda, "driver_version"); !v.empty()) versions += "driver " + v;
+  if (auto v = text(cuda, "runtime_version"); !v.empty()) versions += (versions.empty() ? "" : ", ") + std::string("runtime ") + v;
+  if (cuda.contains("visible_devices") && cuda["visible_devices"].is_string()) {
+    versions += (versions.empty() ? "" : ", ") + std::string("CUDA_VISIBLE_DEVICES=\"") + text(cuda, "visible_devices") + "\"";
+  }
+  if (devices.empty() || !devices.is_array()) {
+    std::string why = text(cuda, "error");
+    out += "CUDA: no GPU" + (why.empty() ? std::string() : ": " + why) + "\n";
+    if (!versions.empty()) out += "  " + versions + "\n";
+  } else {
+    out += "CUDA: " + std::to_string(devices.size()) + (devices.size() == 1 ? " GPU" : " GPUs") +
+           (versions.empty() ? std::string() : " (" + versions + ")") + "\n";
+    std::vector<std::vector<std::string>> rows;
+    for (const auto& g : devices) {
+      const auto total = g.value("memory_total", uint64_t{0}), free = g.value("memory_free", uint64_t{0});
+      rows.push_back({"  cuda:" + text(g, "index"), text(g, "name"), "sm" + text(g, "sm") + " (" + text(g, "compute_capability") + ")",
+                      text(g, "sm_count") + " SMs",
+                      (free ? human_bytes(free) + " free of " : std::string()) + human_bytes(total)});
+    }
+    out += format_table(rows);
+  }
+  if (cuda.contains("compiled") && cuda["compiled"].is_boolean() && !cuda["compiled"].get<bool>()) {
+    out += "  (this gptqd was built without CUDA)\n";
+  }
+  out += "Serving on: " + text(doc, "device") + "\n";
+
+  for (const auto& m : doc.value("models", json::array())) {
+    out += "\nModel " + text(m, "model") + " on " + text(m, "device") + "\n";
+    if (m.contains("error")) {
+      out += "  kernels unknown: " + text(m, "error") + "\n";
+      continue;
+    }
+    std::vector<NotedRow> rows = {{{"LINEARS", "QUANTIZATION", "SHAPE", "M", "KERNEL"}, {}}};
+    for (const auto& l : m.value("linears", json::array())) {
+      for (const char* phase : {"decode", "prefill"}) {
+        const json c = l.value(phase, json::object());
+        const bool first = std::string(phase) == "decode";
+        rows.push_back({{first ? text(l, "names") : "", first ? text(l, "quantization") : "", first ? shape_text(l) : "",
+                         text(c, "m"), kernel_cell(c, false)},
+                        rejection_lines(c)});
+      }
+    }
+    out += format_noted_table(rows, "  ");
+  }
+
+  for (const auto& d : doc.value("common", json::array())) {
+    const bool on_gpu = text(d, "device") != "cpu";
+    out += "\nCommon configurations on " + text(d, "device") + " (" + text(d, "name") +
+           (on_gpu ? ", sm " + text(d, "compute_capability") : std::string()) + ")\n";
+    std::vector<NotedRow> rows;
+    if (on_gpu) {
+      rows.push_back({{"CONFIG", "M", "KERNEL", "WITH THE CUDA KERNELS"}, {}});
+    } else {
+      rows.push_back({{"CONFIG", "M", "KERNEL"}, {}});
+    }
+    std::string last_config;
+    for (const auto& r : d.value("rows", json::array())) {
+      const std::string config = text(r, "config");
+      NotedRow row{{config == last_config ? "" : config, text(r, "m"), kernel_cell(r, on_gpu)}, {}};
+      if (on_gpu) row.cells.push_back(text(r, "intended"));
+      if (verbose) row.notes = rejection_lines(r);
+      last_config = config;
+      rows.push_back(std::move(row));
+    }
+    out += format_noted_table(rows, "  ");
+  }
+  if (!verbose && doc.contains("common")) out += "\n(gptqctl gpu -v lists every rejected kernel and why)\n";
+  return out;
+}
+
+std::vector<std::vector<std::string>> kernel_rows(const json& plan) {
+  std::vector<std::vector<std::string>> rows;
+  if (!plan.is_object()) return rows;
+  if (plan.contains("error")) {
+    rows.push_back({"Kernel", "unknown: " + text(plan, "error")});
+    return rows;
+  }
+  const std::string device = text(plan, "device");
+  for (const auto& l : plan.value("linears", json::array())) {
+    const json decode = l.value("decode", json::object()), prefill = l.value("prefill", json::object());
+    rows.push_back({"Kernel", text(l, "names") + " (" + text(l, "quantization") + ", " + shape_text(l) +
+                                  "): " + text(decode, "kernel") + " for decode, " + text(prefill, "kernel") +
+                                  " for prefill (M=" + text(prefill, "m") + ") on " + device});
+  }
+  return rows;
+}
+
 }  // namespace gptqd::ctl

@@ -37,6 +37,14 @@ std::string format_job_details(const nlohmann::json& job);
 // `show`, `jobs show` and `quantize` print them.
 std::vector<std::vector<std::string>> quality_rows(const nlohmann::json& quality);
 
+// `gpu`: GET /api/gpu as text: the CPU, the CUDA devices (or why there are none), the kernels of
+// the loaded GPTQ models with every rejected candidate and why, and the common configurations
+// (their rejections only when `verbose`).
+std::string format_gpu_report(const nlohmann::json& doc, bool verbose);
+// `show`: "Kernel" rows of a GPTQ tag's plan (POST /api/show "kernels"): per linear group, what
+// runs for decode and prefill on the serving device.
+std::vector<std::vector<std::string>> kernel_rows(const nlohmann::json& plan);
+
 // Renders NDJSON progress events of one long operation (pull, and the copies of `export`).
 class ProgressRenderer {
  public:

@@ -13,10 +13,13 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <cstdlib>
 #include <ctime>
+#include <thread>
 #include <vector>
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/post.hpp>
 
 #include "daemon/handlers.h"
 #include "daemon/log.h"
@@ -26,6 +29,19 @@ namespace gptqd::daemon {
 namespace {
 
 constexpr auto kShutdownGrace = std::chrono::seconds(10);
+constexpr int kCudaProbeTimeoutMs = 10000;
+
+int64_t steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// "NVIDIA H100 80GB HBM3 (sm90, 132 SMs, 85.5 GB)" for the start-up log.
+std::string describe_gpu(const kernels::cuda::CudaDeviceInfo& g) {
+  char mem[32];
+  std::snprintf(mem, sizeof mem, "%.1f GB", static_cast<double>(g.total_memory_bytes) / 1e9);
+  return cat("cuda:", g.index, " ", g.name, " (sm", g.cc_major * 10 + g.cc_minor, ", ", g.sm_count, " SMs, ", mem, ")");
+}
 
 // mkdir -p with mode 0750 for the directories we create.
 void make_dirs(const std::filesystem::path& dir) {
@@ -62,6 +78,10 @@ void check_state_dir(const std::filesystem::path& dir) {
 Daemon::Daemon(DaemonConfig cfg) : cfg_(std::move(cfg)), pool_(cfg_.io_workers) {}
 
 Daemon::~Daemon() {
+  {
+    std::lock_guard lock(gpu_probe_mailbox_->mutex);
+    gpu_probe_mailbox_->daemon = nullptr;
+  }
   for (auto& c : cancels_) c->store(true);
   if (worker_) worker_->shutdown();
   pool_.join();
@@ -123,6 +143,47 @@ void Daemon::open_state() {
   }
 }
 
+void Daemon::start_gpu_probe() {
+  if (cfg_.device == "cpu") {
+    gpu_probe_.state = GpuProbe::State::not_probed;
+    gpu_probe_.not_probed_reason = "--device cpu";
+    return;
+  }
+  kernels::cuda::CudaProbeOptions options;
+  options.timeout_ms = kCudaProbeTimeoutMs;
+  // Hidden: tests make a hanging fake driver time out quickly.
+  if (const char* v = std::getenv("GPTQD_CUDA_PROBE_TIMEOUT_MS"); v && std::atoi(v) > 0) options.timeout_ms = std::atoi(v);
+  gpu_probe_.state = GpuProbe::State::probing;
+  gpu_probe_.started_at_ms = steady_ms();
+  gpu_probe_mailbox_->daemon = this;
+  try {
+    std::thread([mailbox = gpu_probe_mailbox_, options] {
+      kernels::cuda::CudaProbeResult r = kernels::cuda::probe_cuda(options);
+      std::lock_guard lock(mailbox->mutex);
+      if (Daemon* d = mailbox->daemon) {
+        asio::post(d->io_, [d, r = std::move(r)]() mutable { d->on_gpu_probed(std::move(r)); });
+      }
+    }).detach();
+  } catch (const std::exception& e) {
+    kernels::cuda::CudaProbeResult r;
+    r.error = cat("could not start the CUDA probe: ", e.what());
+    log_warn("ignoring: ", r.error);
+    on_gpu_probed(std::move(r));
+  }
+}
+
+void Daemon::on_gpu_probed(kernels::cuda::CudaProbeResult result) {
+  gpu_probe_.result = std::move(result);
+  gpu_probe_.state = GpuProbe::State::done;
+  const auto& r = gpu_probe_.result;
+  if (r.devices.empty()) {
+    log_info("CUDA: no devices (", r.error, "); serving on the CPU");
+    return;
+  }
+  for (const auto& g : r.devices) log_info("CUDA: ", describe_gpu(g));
+  log_info("serving on the CPU: this gptqd has no CUDA backend yet (gptqctl gpu shows the kernels it would use)");
+}
+
 void Daemon::begin_shutdown(const char* why) {
   if (stopping_) return;
   stopping_ = true;
@@ -164,6 +225,7 @@ int Daemon::run(const std::function<void()>& on_ready) {
   server_ = std::make_unique<HttpServer>(io_, cfg_, make_dispatcher(*this));
   server_->listen();
   server_->start();
+  start_gpu_probe();
   asio::co_spawn(io_, jobs_->resume_all(), [](std::exception_ptr e) {
     if (e) log_error("resuming quantize jobs failed");
   });

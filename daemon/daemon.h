@@ -12,6 +12,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <set>
 #include <string>
 
@@ -21,8 +22,19 @@
 #include "daemon/http_server.h"
 #include "daemon/jobs.h"
 #include "daemon/registry.h"
+#include "kernels/cuda/cuda_probe.h"
 
 namespace gptqd::daemon {
+
+// What the daemon knows about the machine's GPUs (io thread only). The CUDA probe runs on its own
+// thread once the socket listens, so a missing, broken or hanging driver never delays the start.
+struct GpuProbe {
+  enum class State { not_probed, probing, done };
+  State state = State::not_probed;
+  std::string not_probed_reason;         // "--device cpu"
+  int64_t started_at_ms = 0;             // steady clock, for "probing for 2 s"
+  kernels::cuda::CudaProbeResult result;  // valid when done
+};
 
 class Daemon {
  public:
@@ -42,6 +54,7 @@ class Daemon {
   JobManager& jobs() { return *jobs_; }
   int64_t started_at() const { return started_at_; }
   bool stopping() const { return stopping_; }
+  const GpuProbe& gpu_probe() const { return gpu_probe_; }
 
   // Work that must stop at shutdown registers its cancel flag here (io thread only).
   void track(const std::shared_ptr<std::atomic<bool>>& cancel) { cancels_.insert(cancel); }
@@ -57,6 +70,8 @@ class Daemon {
   void open_state();
   void begin_shutdown(const char* why);
   void poll_shutdown(std::chrono::steady_clock::time_point deadline, bool forced);
+  void start_gpu_probe();
+  void on_gpu_probed(kernels::cuda::CudaProbeResult result);
 
   DaemonConfig cfg_;
   asio::io_context io_{1};
@@ -73,6 +88,14 @@ class Daemon {
   std::set<std::string> pulls_in_flight_;
   int64_t started_at_ = 0;
   bool stopping_ = false;
+  GpuProbe gpu_probe_;
+  // Shared with the detached probe thread, which posts its result only while `daemon` is set:
+  // a wedged driver must not hold up a shutdown either.
+  struct GpuProbeMailbox {
+    std::mutex mutex;
+    Daemon* daemon = nullptr;
+  };
+  std::shared_ptr<GpuProbeMailbox> gpu_probe_mailbox_ = std::make_shared<GpuProbeMailbox>();
 };
 
 }  // namespace gptqd::daemon

@@ -12,12 +12,28 @@
 
 #include "daemon/protocol.h"
 #include "engine/error.h"
+#include "kernels/cuda/cuda_probe.h"
 
 namespace gptqd::daemon {
 namespace {
 std::string env(const char* name) {
   const char* v = std::getenv(name);
   return v ? std::string(v) : std::string();
+}
+
+// What the CUDA probe sees, for the refusal of --device cuda:N: "it found cuda:0 Tesla T4 (sm75)"
+// or "it found no GPU: <why>". Only on that error path, with a short timeout.
+std::string probe_summary() {
+  kernels::cuda::CudaProbeOptions options;
+  options.timeout_ms = 3000;
+  const auto r = kernels::cuda::probe_cuda(options);
+  if (r.devices.empty()) return "the CUDA probe found no GPU: " + r.error;
+  std::string s = "the CUDA probe found ";
+  for (size_t i = 0; i < r.devices.size(); ++i) {
+    const auto& g = r.devices[i];
+    s += cat(i ? ", " : "", "cuda:", g.index, " ", g.name, " (sm", g.cc_major * 10 + g.cc_minor, ")");
+  }
+  return s;
 }
 }  // namespace
 
@@ -104,7 +120,7 @@ void DaemonConfig::finalize() {
   }
   if (device.rfind("cuda", 0) == 0) {
     fail(ErrorCode::unsupported, "--device ", device, ": this gptqd runs models on the CPU only (the CUDA backend is "
-         "not built yet); use --device cpu or auto");
+         "not built yet; ", probe_summary(), "); use --device cpu or auto");
   }
 }
 

@@ -80,5 +80,11 @@ boost::asio::awaitable<void> handle_job(Daemon& d, Request& req, ResponseWriter&
 boost::asio::awaitable<void> handle_job_cancel(Daemon& d, Request& req, ResponseWriter& w);
 boost::asio::awaitable<void> handle_blob(Daemon& d, Request& req, ResponseWriter& w);
 
+// GPUs and INT4 kernels (gpu_handlers.cpp).
+boost::asio::awaitable<void> handle_gpu(Daemon& d, Request& req, ResponseWriter& w);
+// The kernel plan of a GPTQ tag on the serving device (POST /api/show "kernels"); null for a
+// model that is not GPTQ.
+boost::asio::awaitable<nlohmann::json> kernel_plan_json(Daemon& d, const RegistryTag& t);
+
 }  // namespace handlers
 }  // namespace gptqd::daemon

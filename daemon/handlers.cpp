@@ -5,7 +5,7 @@
 //   GET    /api/version      {"version"}
 //   GET    /api/health       {"status", "version", "uptime_s", "models", "pid"}
 //   GET    /api/tags         {"models": [ModelEntry...]}
-//   POST   /api/show         {"model"} -> ModelEntry with config and files
+//   POST   /api/show         {"model"} -> ModelEntry with config and files (+ kernel plan of GPTQ)
 //   DELETE /api/delete       {"model"} -> {"status", "model", "freed_bytes"}        (admin)
 //   POST   /api/pull         {"model": SOURCE, "name"?, "stream"?} -> NDJSON events   (admin)
 //   POST   /api/generate     Ollama generate (NDJSON stream or one object)
@@ -18,6 +18,7 @@
 //   GET    /api/jobs         {"jobs": [...]};  GET /api/jobs/{id}[?stream=true]: one job / its events
 //   DELETE /api/jobs/{id}    cancel                                                   (admin)
 //   GET    /api/blobs/{digest}  the bytes of a registered file (gptqctl export)
+//   GET    /api/gpu          CPU + CUDA devices, and which INT4 kernel runs what, and why
 //   POST   /v1/chat/completions, POST /v1/completions (SSE when "stream"), GET /v1/models
 #include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
 
@@ -79,7 +80,10 @@ awaitable<void> handle_tags(Daemon& d, Request&, ResponseWriter& w) {
 awaitable<void> handle_show(Daemon& d, Request& req, ResponseWriter& w) {
   auto r = parse_request<protocol::ModelRequest>(req);
   RegistryTag t = find_or_404(d, parse_ref(r.model));
-  co_await w.send_json(http::status::ok, to_entry(t, true).to_json(true));
+  json body = to_entry(t, true).to_json(true);
+  json kernels = co_await kernel_plan_json(d, t);
+  if (!kernels.is_null()) body["kernels"] = std::move(kernels);
+  co_await w.send_json(http::status::ok, body);
 }
 
 awaitable<void> handle_delete(Daemon& d, Request& req, ResponseWriter& w) {
@@ -258,6 +262,7 @@ constexpr Route kRoutes[] = {
     {http::verb::get, "/api/jobs/{id}", false, handle_job},
     {http::verb::delete_, "/api/jobs/{id}", true, handle_job_cancel},
     {http::verb::get, "/api/blobs/{digest}", false, handle_blob},
+    {http::verb::get, "/api/gpu", false, handle_gpu},
     {http::verb::post, "/api/datasets", true, handle_dataset_add},
     {http::verb::post, "/v1/chat/completions", false, handle_openai_chat},
     {http::verb::post, "/v1/completions", false, handle_openai_completions},
