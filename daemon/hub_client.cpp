@@ -210,8 +210,8 @@ struct Transfer {
   uint64_t offset = 0;   // bytes in the partial before this attempt
   uint64_t written = 0;  // bytes written by this attempt
   uint64_t total = 0;
-  bool restart = false;  // the server ignored the Range: start the file over
-  bool write_error = false;
+  bool write_error = false;  // the partial could not be written (disk full, I/O error)
+  bool too_long = false;     // the server sent more bytes than the file has
   bool checked_status = false;
   const HubClient::Progress* progress = nullptr;
   bool cancelled = false;
@@ -238,7 +238,7 @@ size_t file_cb(char* data, size_t size, size_t n, void* user) {
     return bytes;
   }
   if (t->offset + t->written + bytes > t->total) {
-    t->write_error = true;  // more bytes than the file has: never let a server grow the partial
+    t->too_long = true;  // never let a server grow the partial past the file's size
     return 0;
   }
   if (std::fwrite(data, 1, bytes, t->out) != bytes) {
@@ -446,7 +446,7 @@ std::string HubClient::download(const HubRepoRef& ref, const std::string& sha, c
       const bool flushed = std::fflush(out.get()) == 0 && ::fsync(fileno(out.get())) == 0;
       if (t.cancelled) fail(ErrorCode::cancelled, "download of ", file.path, " cancelled (", t.offset + t.written, " of ", file.size, " bytes kept for a resume)");
       if (!flushed) fail(ErrorCode::io, "cannot write ", partial.string(), " (disk full?)");
-      if (t.write_error && t.offset + t.written >= file.size) {
+      if (t.too_long) {
         out.reset();
         fs::remove(partial, ec);
         fail(ErrorCode::invalid_model, ref.display(), ": the server sent more than the ", file.size, " bytes of ", file.path,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
-// GPTQ checkpoint dequantization to fp32 (kernels layer): the reference the INT4 kernels are
-// tested against, and how GPTQ models load until those kernels land.
+// GPTQ checkpoint dequantization to fp32 (kernels layer): how GPTQ models load when the engine is
+// asked for dense fp32 weights (LoadOptions::keep_f16 = false; the quantizer's tests), and an
+// exact check of gptq_unpack_rows.
 #include <cstddef>
 #include <vector>
 

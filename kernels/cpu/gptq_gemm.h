@@ -58,8 +58,9 @@ KernelStatus gptq_repack(const GptqTensors& w, GptqPackedLinear* out);
 // Which instruction set a kernel call uses (the dispatch table picks it from the CPU features).
 enum class CpuIsa { scalar, avx2, avx512 };
 
-// Per-call input preparation, shared by the kernels below: xp [M, K] = x permuted by perm (a copy
-// when perm is empty) and xsum [M, n_groups] = the sum of xp over each group.
+// Per-call input preparation, shared by the kernels below: xp [M, K] = x permuted by perm and
+// xsum [M, n_groups] = the sum of xp over each group. When perm is empty xp may be null (the
+// kernels then read x itself, which must have row stride K); otherwise it gets a copy.
 KernelStatus gptq_prepare_input(const GptqPackedLinear& w, const float* x, int64_t ldx, int64_t M, float* xp,
                                 float* xsum);
 

@@ -252,6 +252,23 @@ TEST_F(HubClientTest, AWrongByteFailsTheChecksumAndDeletesThePartial) {
   EXPECT_FALSE(fs::exists(out));
 }
 
+TEST_F(HubClientTest, MoreBytesThanTheListedSizeAreRefused) {
+  HubClient hub(settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/tiny");
+  const HubRepoInfo info = hub.repo_info(ref);
+  // The file grows after the listing: the server now sends more than the Hub said it has.
+  put(dir_ / "models/org/tiny/commits" / kMain / "config.json", std::string(100000, 'x'));
+  const fs::path out = dir_ / "config.partial";
+  try {
+    hub.download(ref, info.sha, file(info, "config.json"), out);
+    FAIL() << "a file longer than listed was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::invalid_model);
+    EXPECT_NE(std::string(e.what()).find("sent more than"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out));
+}
+
 TEST_F(HubClientTest, ServerErrorsAndStallsAreRetried) {
   server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "status"}, {"status", 500}, {"times", 2}},
                                {{"path", "config.json"}, {"kind", "stall"}, {"seconds", 30}, {"times", 1}}}));
