@@ -1,14 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0
 // HubClient: the Hugging Face Hub's HTTP API as huggingface_hub uses it (daemon layer, libcurl).
 // Repo info at a revision (branch, tag or commit, resolved to the commit sha), the file list with
-// sizes, git blob ids and LFS sha256, and resumable, verified downloads of single files into a
-// partial file. HF_ENDPOINT and HF_TOKEN (or the token file) are read as huggingface_hub reads
-// them; the token goes only into the Authorization header of requests to the endpoint's host
-// (libcurl drops custom Authorization headers on redirects to other hosts), never into a log, an
-// error message or the registry.
+// sizes, git blob ids and LFS sha256, and resumable, verified downloads of single files (from the
+// Hub or a plain URL) into a partial file, big ones as parallel ranges. HF_ENDPOINT and HF_TOKEN
+// (or the token file) are read as huggingface_hub reads them; the token goes only into the
+// Authorization header of requests to the endpoint's host (libcurl drops custom Authorization
+// headers on redirects to other hosts; plain URLs never get it), never into a log, an error
+// message or the registry.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -25,12 +27,16 @@ struct HubSettings {
   std::string token;                                // empty: anonymous
   int connect_timeout_s = 30;
   int stall_timeout_s = 60;   // a transfer below 1 byte/s for this long is a network error
-  int max_attempts = 5;       // per file: a network error resumes from the partial's size
+  int max_attempts = 5;       // per file (per range): a network error resumes where it stopped
   int retry_delay_ms = 1000;  // doubled after each failed attempt
+  uint64_t parallel_min_bytes = 64ull << 20;  // files at least this big download as parallel ranges
+  int parallel_parts = 4;                      // ranges per such file (1 = never parallel; at most 64)
 
   // HF_ENDPOINT (default https://huggingface.co); the token from HF_TOKEN, else the file
   // HF_TOKEN_PATH, else $HF_HOME/token, with HF_HOME defaulting to $XDG_CACHE_HOME/huggingface or
   // ~/.cache/huggingface — huggingface_hub's order. Whitespace around the token is dropped.
+  // GPTQD_HUB_PARALLEL_MIN_BYTES and GPTQD_HUB_PARALLEL_PARTS (1..64) set the parallel knobs;
+  // a malformed value is Error(invalid_argument) naming the variable.
   static HubSettings from_environment();
 };
 
@@ -57,6 +63,35 @@ struct HubRepoInfo {
   std::vector<HubFile> files;
 };
 
+// Where a download stands. The partial file is split into done.size() equal ranges of
+// ceil(size / n) bytes (the last one shorter, trailing ones possibly empty); done[i] bytes from the
+// start of range i are written and fsynced, so a power loss loses nothing before them.
+struct DownloadState {
+  std::vector<uint64_t> done;  // empty: nothing known (a fresh download; the partial is recreated)
+  uint64_t completed() const;  // sum of done
+  std::string to_json() const;  // {"done":[...]}, for storing in SQLite
+  // Anything malformed (not that shape, negative or non-integer counts, more than 64 ranges)
+  // gives an empty state: the download starts over.
+  static DownloadState from_json(std::string_view text);
+};
+
+struct DownloadOptions {
+  // In/out. nullptr: resume from the partial's size as one stream. Non-null: resume exactly from
+  // *state (a fresh download when it is empty, does not fit the file, or the partial is missing or
+  // not the file's size); updated as the download goes.
+  DownloadState* state = nullptr;
+  // Called on the calling thread with the state right after the partial was fsynced: at most
+  // every `checkpoint_every`, when a fresh download replaces the partial (before it is truncated),
+  // and once more before download() returns or throws — never with bytes that are not durable.
+  std::function<void(const DownloadState&)> checkpoint;
+  std::chrono::milliseconds checkpoint_every{1000};
+};
+
+struct UrlDownload {
+  std::string sha256;  // hex, of the bytes downloaded
+  uint64_t size = 0;
+};
+
 // Rejects file names a server must never make us write: empty, absolute, "..", ".", empty
 // segments, backslashes, control characters, longer than 1024 bytes. Error(invalid_model).
 void check_repo_file_name(std::string_view name);
@@ -71,16 +106,33 @@ class HubClient {
   // check_repo_file_name refuses).
   HubRepoInfo repo_info(const HubRepoRef& ref) const;
 
-  // Downloads `file` of commit `sha` into `partial`: appends from the partial's current size
-  // with an HTTP Range request (a fresh download when it is empty or missing), following the
-  // Hub's redirect to its CDN. Network errors and 5xx retry up to max_attempts, each resuming.
-  // When all bytes are there, checks the size and the content against the LFS sha256 (or the
-  // git blob id) and returns the sha256 hex; a mismatch deletes the partial and throws
-  // Error(invalid_model) saying so. `progress(done, total)` is called as bytes arrive; returning
-  // false cancels (Error(cancelled), the partial kept for a later resume).
+  // Downloads `file` of commit `sha` into `partial`, following the Hub's redirect to its CDN.
+  // Without opts.state: appends from the partial's current size with one HTTP Range request (a
+  // fresh download when it is empty or missing). With opts.state: resumes from the state; a
+  // fresh download first reserves the file's full size (posix_fallocate), and files of at least
+  // parallel_min_bytes download as parallel_parts ranges at once (a thread and a connection each,
+  // written in place). Each range retries network errors and 5xx up to max_attempts, resuming;
+  // a 4xx on any range fails the download and stops the others; a server that answers a Range
+  // request with the whole file makes the download one stream from byte 0.
+  // When all bytes are there, checks the content against the LFS sha256 (or the git blob id) and
+  // returns the sha256 hex; a mismatch (or a server sending more or other bytes than the listed
+  // size) deletes the partial, clears the state and throws Error(invalid_model) saying so.
+  // `progress(done, total)` is called on the calling thread a few times a second and once when
+  // all bytes are there; returning false cancels: Error(cancelled), the state checkpointed and
+  // the partial kept for a resume. A full disk is Error(no_space) naming the partial; other
+  // write errors Error(io).
   using Progress = std::function<bool(uint64_t done, uint64_t total)>;
   std::string download(const HubRepoRef& ref, const std::string& sha, const HubFile& file,
-                       const std::filesystem::path& partial, const Progress& progress = {}) const;
+                       const std::filesystem::path& partial, const Progress& progress = {},
+                       const DownloadOptions& opts = {}) const;
+
+  // The same for a plain http(s) URL (data that is not on the Hub): the size comes from a HEAD
+  // (or, where HEAD is refused, a one-byte Range GET); `expected_sha256` (hex) is checked when
+  // given. The Hub token is never sent, and error messages show the URL without its query.
+  // Errors as download(), plus not_found / permission_denied for a 404 / 401 or 403.
+  UrlDownload download_url(const std::string& url, const std::filesystem::path& partial,
+                           const std::string& expected_sha256 = {}, const Progress& progress = {},
+                           const DownloadOptions& opts = {}) const;
 
   const HubSettings& settings() const { return settings_; }
 

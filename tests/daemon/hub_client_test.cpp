@@ -4,7 +4,11 @@
 // faults): revisions, verified downloads, resume after a dropped connection and from a partial
 // left by an earlier run (asserted on the bytes the server sent), checksum failures, 5xx and
 // stalls, gated repos with and without a token (which never shows up in an error), unknown repos
-// and revisions, path traversal in a listed file name, and the HF_* environment.
+// and revisions, path traversal in a listed file name, and the HF_* environment. With a
+// DownloadState: parallel ranges (asserted on the Range headers and bytes the server saw),
+// checkpoints that resume after a network failure or a cancel without refetching a durable byte,
+// stale or malformed states, corruption in one range, a server that ignores Range, and plain
+// URLs that never get the token.
 #include "daemon/hub_client.h"
 
 #include <curl/curl.h>
@@ -15,17 +19,20 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cctype>
 #include <chrono>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 #include <random>
+#include <set>
 #include <thread>
+#include <tuple>
 
 #include "engine/error.h"
+#include "tests/support/local_hub.h"
 #include "tests/support/test_env.h"
 #include "tests/support/tiny_model.h"
 
-extern char** environ;
 
 namespace gptqd::daemon {
 namespace {
@@ -55,54 +62,8 @@ void put(const fs::path& p, const std::string& content) {
   test::write_file(p, content);
 }
 
-// A plain GET (or an empty POST) with libcurl, for the server's control endpoints.
-std::string request(const std::string& url, bool post) {
-  std::string body;
-  CURL* c = curl_easy_init();
-  curl_easy_setopt(c, CURLOPT_URL, url.c_str());
-  if (post) curl_easy_setopt(c, CURLOPT_POSTFIELDS, "");
-  curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, +[](char* d, size_t s, size_t n, void* u) {
-    static_cast<std::string*>(u)->append(d, s * n);
-    return s * n;
-  });
-  curl_easy_setopt(c, CURLOPT_WRITEDATA, &body);
-  const CURLcode rc = curl_easy_perform(c);
-  curl_easy_cleanup(c);
-  EXPECT_EQ(rc, CURLE_OK) << url;
-  return body;
-}
-
-// The local Hub: a python process on a loopback port, serving `root`.
-class HubServer {
- public:
-  explicit HubServer(const fs::path& root) : root_(root) {
-    const fs::path port_file = root / "port";
-    const std::string py = test::python().string(), script = (test::source_dir() / "tests/support/hub_server.py").string();
-    const std::string root_s = root.string(), port_s = port_file.string();
-    std::vector<char*> argv{const_cast<char*>(py.c_str()), const_cast<char*>(script.c_str()),
-                            const_cast<char*>("--root"), const_cast<char*>(root_s.c_str()),
-                            const_cast<char*>("--port-file"), const_cast<char*>(port_s.c_str()), nullptr};
-    if (posix_spawn(&pid_, py.c_str(), nullptr, nullptr, argv.data(), environ) != 0) pid_ = -1;
-    for (int i = 0; i < 200 && pid_ > 0 && !fs::exists(port_file); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (fs::exists(port_file)) url_ = "http://127.0.0.1:" + test::read_file(port_file);
-    while (!url_.empty() && (url_.back() == '\n' || url_.back() == ' ')) url_.pop_back();
-  }
-  ~HubServer() {
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      waitpid(pid_, nullptr, 0);
-    }
-  }
-  const std::string& url() const { return url_; }
-  void faults(const json& list) { test::write_file(root_ / "faults.json", list.dump()); }
-  json stats() const { return json::parse(request(url_ + "/__stats", false)); }
-  void reset() { request(url_ + "/__reset", true); }
-
- private:
-  fs::path root_;
-  pid_t pid_ = -1;
-  std::string url_;
-};
+// The local Hub: a python process on a loopback port, serving the fixture's folder.
+using HubServer = test::LocalHub;
 
 class HubClientTest : public ::testing::Test {
  protected:
@@ -127,6 +88,12 @@ class HubClientTest : public ::testing::Test {
     put(evil / "commits" / kMain / "config.json", "{}\n");
     put(evil / "refs.json", json{{"branches", {{"main", kMain}}}, {"tags", json::object()}}.dump());
     put(evil / "repo.json", json{{"extra_siblings", {{{"rfilename", "../../evil.txt"}, {"size", 3}}}}}.dump());
+    // org/big: one ~3 MiB LFS file whose size does not divide by 4 (the last range is shorter).
+    const fs::path big = dir_ / "models" / "org" / "big";
+    huge_.resize((3u << 20) + 5);
+    for (auto& ch : huge_) ch = static_cast<char>(rng());
+    put(big / "commits" / kMain / "big.safetensors", huge_);
+    put(big / "refs.json", json{{"branches", {{"main", kMain}}}, {"tags", json::object()}}.dump());
     server_ = std::make_unique<HubServer>(dir_.path());
     ASSERT_FALSE(server_->url().empty()) << "the local Hub did not start";
   }
@@ -137,6 +104,14 @@ class HubClientTest : public ::testing::Test {
     s.token = token;
     s.retry_delay_ms = 10;
     s.stall_timeout_s = 2;
+    return s;
+  }
+
+  // Files of 256 KiB and more download as 4 ranges.
+  HubSettings parallel_settings(const std::string& token = "") const {
+    HubSettings s = settings(token);
+    s.parallel_min_bytes = 256 << 10;
+    s.parallel_parts = 4;
     return s;
   }
 
@@ -159,9 +134,38 @@ class HubClientTest : public ::testing::Test {
     return n;
   }
 
+  // The Range headers of the GETs the server answered for /cdn/ paths (null: none sent).
+  std::vector<json> cdn_ranges() const {
+    std::vector<json> out;
+    const json stats = server_->stats();
+    for (const auto& r : stats["requests"]) {
+      if (r["method"] == "GET" && r["path"].get<std::string>().rfind("/cdn/", 0) == 0) out.push_back(r["range"]);
+    }
+    return out;
+  }
+
+  // Clears the server's counters once the connections an aborted download left have settled
+  // (a server thread may still be pushing bytes into a socket the client closed).
+  void settle_and_reset() {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    server_->reset();
+  }
+
+  // Every byte the state counts is in the partial: ranges of ceil(size / n) bytes.
+  void expect_durable_prefixes(const DownloadState& st, const fs::path& partial, const std::string& want) {
+    const std::string have = test::read_file(partial);
+    ASSERT_EQ(have.size(), want.size());
+    const size_t n = st.done.size(), len = (want.size() + n - 1) / n;
+    for (size_t i = 0; i < n; ++i) {
+      const size_t begin = std::min(i * len, want.size());
+      EXPECT_EQ(have.compare(begin, st.done[i], want, begin, st.done[i]), 0) << "range " << i;
+    }
+  }
+
   test::TempDir dir_;
   std::unique_ptr<HubServer> server_;
   std::string big_;
+  std::string huge_;
 };
 
 TEST_F(HubClientTest, RevisionsResolveToCommitsWithTheirFiles) {
@@ -342,6 +346,341 @@ TEST_F(HubClientTest, PathTraversalInAListedNameIsRefused) {
     EXPECT_EQ(e.code(), ErrorCode::invalid_model);
     EXPECT_NE(std::string(e.what()).find("../../evil.txt"), std::string::npos) << e.what();
   }
+}
+
+TEST_F(HubClientTest, LargeFilesDownloadAsParallelRangesFetchingEachByteOnce) {
+  HubClient hub(parallel_settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = hub.repo_info(ref);
+  const HubFile& f = file(info, "big.safetensors");
+  ASSERT_EQ(f.size, huge_.size());
+  DownloadState st;
+  std::vector<DownloadState> checkpoints;
+  DownloadOptions opts;
+  opts.state = &st;
+  opts.checkpoint = [&](const DownloadState& s) { checkpoints.push_back(s); };
+  const fs::path out = dir_ / "big.partial";
+  server_->reset();
+  EXPECT_EQ(hub.download(ref, info.sha, f, out, {}, opts), sha256_hex(huge_));
+  EXPECT_EQ(test::read_file(out), huge_);
+  // Four ranges of ceil(size / 4) bytes, each asked for once, the last one open-ended.
+  const uint64_t len = (huge_.size() + 3) / 4;
+  const std::set<json> want{cat("bytes=0-", len - 1), cat("bytes=", len, "-", 2 * len - 1),
+                            cat("bytes=", 2 * len, "-", 3 * len - 1), cat("bytes=", 3 * len, "-")};
+  const std::vector<json> got = cdn_ranges();
+  EXPECT_EQ(got.size(), 4u);
+  EXPECT_EQ(std::set<json>(got.begin(), got.end()), want);
+  EXPECT_EQ(served("/cdn/"), huge_.size());
+  EXPECT_EQ(st.done.size(), 4u);
+  EXPECT_EQ(st.completed(), huge_.size());
+  ASSERT_FALSE(checkpoints.empty());
+  EXPECT_EQ(checkpoints.back().done, st.done);  // the last checkpoint is the finished state
+  // Without a state, even a big file is one plain stream.
+  server_->reset();
+  hub.download(ref, info.sha, f, dir_ / "stateless.partial");
+  EXPECT_EQ(test::read_file(dir_ / "stateless.partial"), huge_);
+  const std::vector<json> one = cdn_ranges();
+  ASSERT_EQ(one.size(), 1u);
+  EXPECT_TRUE(one[0].is_null());
+  // A small file with a state is one range.
+  DownloadState small;
+  opts.state = &small;
+  const HubRepoRef tiny = HubRepoRef::parse("org/tiny");
+  const HubRepoInfo tiny_info = hub.repo_info(tiny);
+  hub.download(tiny, tiny_info.sha, file(tiny_info, "config.json"), dir_ / "config.partial", {}, opts);
+  EXPECT_EQ(test::read_file(dir_ / "config.partial"), test::read_file(dir_ / "models/org/tiny/commits" / kMain / "config.json"));
+  EXPECT_EQ(small.done.size(), 1u);
+}
+
+TEST_F(HubClientTest, ACheckpointedStateResumesAfterANetworkFailureWithoutRefetching) {
+  server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "drop_after"}, {"bytes", 100000}, {"times", 1}}}));
+  HubSettings once = parallel_settings();
+  once.max_attempts = 1;
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = HubClient(once).repo_info(ref);
+  const HubFile& f = file(info, "big.safetensors");
+  const fs::path out = dir_ / "big.partial";
+  DownloadState st;
+  DownloadState last;
+  int n_checkpoints = 0;
+  DownloadOptions opts;
+  opts.state = &st;
+  opts.checkpoint = [&](const DownloadState& s) {
+    last = s;
+    ++n_checkpoints;
+  };
+  try {
+    HubClient(once).download(ref, info.sha, f, out, {}, opts);
+    FAIL() << "a dropped connection with max_attempts=1 did not fail";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::io) << e.what();
+    EXPECT_NE(std::string(e.what()).find("resumes"), std::string::npos) << e.what();
+  }
+  EXPECT_GE(n_checkpoints, 1);
+  EXPECT_EQ(last.done, st.done);  // *state is what was last checkpointed
+  ASSERT_EQ(last.done.size(), 4u);
+  EXPECT_GT(last.completed(), 0u);
+  EXPECT_LT(last.completed(), huge_.size());
+  expect_durable_prefixes(last, out, huge_);
+  // What a restarted daemon does: the stored JSON, the same partial. Only the missing bytes move.
+  DownloadState resumed = DownloadState::from_json(last.to_json());
+  const uint64_t kept = resumed.completed();
+  settle_and_reset();
+  opts.state = &resumed;
+  EXPECT_EQ(HubClient(parallel_settings()).download(ref, info.sha, f, out, {}, opts), sha256_hex(huge_));
+  EXPECT_EQ(test::read_file(out), huge_);
+  EXPECT_EQ(served("/cdn/"), huge_.size() - kept);
+  EXPECT_EQ(resumed.completed(), huge_.size());
+}
+
+TEST_F(HubClientTest, AStateThatDoesNotMatchThePartialStartsOver) {
+  HubClient hub(parallel_settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = hub.repo_info(ref);
+  const HubFile& f = file(info, "big.safetensors");
+  const fs::path out = dir_ / "big.partial";
+  const uint64_t len = (huge_.size() + 3) / 4;
+  // The partial is gone (cleaned up by hand): the state's counts mean nothing.
+  DownloadState st{{len, 0, 5, 0}};
+  DownloadOptions opts;
+  opts.state = &st;
+  server_->reset();
+  hub.download(ref, info.sha, f, out, {}, opts);
+  EXPECT_EQ(test::read_file(out), huge_);
+  EXPECT_EQ(served("/cdn/"), huge_.size());
+  // A partial shorter than the file (left by a stateless download) is not trusted either.
+  test::write_file(out, huge_.substr(0, 1000));
+  st = DownloadState{{1000}};
+  server_->reset();
+  hub.download(ref, info.sha, f, out, {}, opts);
+  EXPECT_EQ(test::read_file(out), huge_);
+  EXPECT_EQ(served("/cdn/"), huge_.size());
+  // Nor is a state whose counts do not fit the file's ranges.
+  st = DownloadState{{len + 1, 0, 0, 0}};
+  server_->reset();
+  hub.download(ref, info.sha, f, out, {}, opts);
+  EXPECT_EQ(test::read_file(out), huge_);
+  EXPECT_EQ(served("/cdn/"), huge_.size());
+  // A state that says everything is there goes straight to the checksum.
+  server_->reset();
+  EXPECT_EQ(hub.download(ref, info.sha, f, out, {}, opts), sha256_hex(huge_));
+  EXPECT_EQ(served("/cdn/"), 0u);
+}
+
+TEST_F(HubClientTest, CancellingThroughProgressCheckpointsAndResumes) {
+  // One range stalls after 64 KiB, so the cancel finds the download half done.
+  server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "stall"}, {"seconds", 5}, {"bytes", 65536}, {"times", 1}}}));
+  HubClient hub(parallel_settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = hub.repo_info(ref);
+  const HubFile& f = file(info, "big.safetensors");
+  const fs::path out = dir_ / "big.partial";
+  DownloadState st;
+  DownloadState last;
+  int n_checkpoints = 0;
+  DownloadOptions opts;
+  opts.state = &st;
+  opts.checkpoint = [&](const DownloadState& s) {
+    last = s;
+    ++n_checkpoints;
+  };
+  const auto caller = std::this_thread::get_id();
+  bool on_caller = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  try {
+    hub.download(ref, info.sha, f, out, [&](uint64_t done, uint64_t total) {
+      on_caller = on_caller && std::this_thread::get_id() == caller;
+      EXPECT_EQ(total, huge_.size());
+      return done < 3 * huge_.size() / 4;  // three ranges in: cancel
+    }, opts);
+    FAIL() << "the cancel was ignored";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::cancelled) << e.what();
+  }
+  EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(4));  // did not wait out the stall
+  EXPECT_TRUE(on_caller);
+  EXPECT_GE(n_checkpoints, 1);
+  EXPECT_EQ(last.done, st.done);
+  EXPECT_GE(last.completed(), 3 * huge_.size() / 4);
+  EXPECT_LT(last.completed(), huge_.size());
+  expect_durable_prefixes(last, out, huge_);
+  const uint64_t kept = last.completed();
+  settle_and_reset();
+  EXPECT_EQ(hub.download(ref, info.sha, f, out, {}, opts), sha256_hex(huge_));
+  EXPECT_EQ(test::read_file(out), huge_);
+  EXPECT_EQ(served("/cdn/"), huge_.size() - kept);
+}
+
+TEST_F(HubClientTest, AWrongByteInOneRangeDeletesThePartialAndClearsTheState) {
+  server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "wrong_byte"}, {"offset", 1000000}, {"times", -1}}}));
+  HubClient hub(parallel_settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = hub.repo_info(ref);
+  const fs::path out = dir_ / "big.partial";
+  DownloadState st;
+  DownloadState last{{1}};
+  DownloadOptions opts;
+  opts.state = &st;
+  opts.checkpoint = [&](const DownloadState& s) { last = s; };
+  try {
+    hub.download(ref, info.sha, file(info, "big.safetensors"), out, {}, opts);
+    FAIL() << "a corrupted range was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::invalid_model);
+    EXPECT_NE(std::string(e.what()).find("checksum"), std::string::npos) << e.what();
+  }
+  EXPECT_FALSE(fs::exists(out));
+  EXPECT_TRUE(st.done.empty());
+  EXPECT_TRUE(last.done.empty());  // the stored state is cleared too
+}
+
+TEST_F(HubClientTest, AClientErrorOnOneRangeFailsTheDownload) {
+  server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "status"}, {"status", 403}, {"times", 1}}}));
+  HubClient hub(parallel_settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = hub.repo_info(ref);
+  DownloadState st;
+  DownloadOptions opts;
+  opts.state = &st;
+  try {
+    hub.download(ref, info.sha, file(info, "big.safetensors"), dir_ / "big.partial", {}, opts);
+    FAIL() << "a 403 on one range was ignored";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::permission_denied) << e.what();
+  }
+  EXPECT_EQ(st.done.size(), 4u);  // kept for a later pull
+  expect_durable_prefixes(st, dir_ / "big.partial", huge_);
+}
+
+TEST_F(HubClientTest, AServerThatIgnoresRangeStillGivesTheExactFile) {
+  server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "no_range"}, {"times", -1}}}));
+  HubClient hub(parallel_settings());
+  const HubRepoRef ref = HubRepoRef::parse("org/big");
+  const HubRepoInfo info = hub.repo_info(ref);
+  const HubFile& f = file(info, "big.safetensors");
+  DownloadState st;
+  DownloadOptions opts;
+  opts.state = &st;
+  const fs::path out = dir_ / "big.partial";
+  EXPECT_EQ(hub.download(ref, info.sha, f, out, {}, opts), sha256_hex(huge_));
+  EXPECT_EQ(test::read_file(out), huge_);
+  EXPECT_EQ(st.done, std::vector<uint64_t>{huge_.size()});  // fell back to one stream
+  EXPECT_TRUE(cdn_ranges().back().is_null());                // from byte 0, without a Range
+  // Resuming one stream there restarts at byte 0, with a state or without.
+  st = DownloadState{{1000}};
+  hub.download(ref, info.sha, f, out, {}, opts);
+  EXPECT_EQ(test::read_file(out), huge_);
+  test::write_file(out, huge_.substr(0, 1000));
+  hub.download(ref, info.sha, f, out);
+  EXPECT_EQ(test::read_file(out), huge_);
+}
+
+TEST_F(HubClientTest, PlainUrlsDownloadVerifiedAndWithoutTheToken) {
+  HubClient hub(parallel_settings("hf_good"));
+  const std::string sha = sha256_hex(huge_);
+  const std::string url = server_->url() + "/cdn/" + sha + "/big.safetensors?expires=secret123";
+  server_->reset();
+  // No state: one stream; the size from a HEAD.
+  UrlDownload r = hub.download_url(url, dir_ / "u1");
+  EXPECT_EQ(r.sha256, sha);
+  EXPECT_EQ(r.size, huge_.size());
+  EXPECT_EQ(test::read_file(dir_ / "u1"), huge_);
+  EXPECT_EQ(served("/cdn/"), huge_.size());
+  // With a state and the expected sha256 (in upper case): parallel ranges.
+  DownloadState st;
+  DownloadOptions opts;
+  opts.state = &st;
+  std::string upper = sha;
+  for (auto& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  r = hub.download_url(url, dir_ / "u2", upper, {}, opts);
+  EXPECT_EQ(r.sha256, sha);
+  EXPECT_EQ(test::read_file(dir_ / "u2"), huge_);
+  EXPECT_EQ(st.done.size(), 4u);
+  EXPECT_EQ(served("/cdn/"), 2 * huge_.size());
+  // A wrong expected sha256: the partial goes.
+  st = {};
+  try {
+    hub.download_url(url, dir_ / "u3", std::string(64, '0'), {}, opts);
+    FAIL() << "a wrong sha256 was accepted";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::invalid_model);
+    EXPECT_NE(std::string(e.what()).find("checksum"), std::string::npos) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("secret123"), std::string::npos) << "the query leaked: " << e.what();
+  }
+  EXPECT_FALSE(fs::exists(dir_ / "u3"));
+  EXPECT_TRUE(st.done.empty());
+  // A missing object is not_found; the message has no query either.
+  try {
+    hub.download_url(server_->url() + "/cdn/" + std::string(64, 'a') + "/x.bin?sig=secret123", dir_ / "u4");
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.code(), ErrorCode::not_found) << e.what();
+    EXPECT_EQ(std::string(e.what()).find("secret123"), std::string::npos) << "the query leaked: " << e.what();
+  }
+  // A server that refuses HEAD (a presigned GET URL does): the size from a one-byte GET.
+  server_->faults(json::array({{{"path", "^/cdn/"}, {"kind", "status"}, {"status", 403}, {"times", 1}}}));
+  r = hub.download_url(url, dir_ / "u6");
+  EXPECT_EQ(r.size, huge_.size());
+  EXPECT_EQ(test::read_file(dir_ / "u6"), huge_);
+  bool probed = false;
+  for (const json& range : cdn_ranges()) probed = probed || range == "bytes=0-0";
+  EXPECT_TRUE(probed);
+  EXPECT_THROW(hub.download_url("ftp://example.com/x", dir_ / "u5"), Error);
+  EXPECT_THROW(hub.download_url(url, dir_ / "u5", "not-hex"), Error);
+  // The same host as the Hub, a token configured: still never sent.
+  const json stats = server_->stats();
+  int n_head = 0;
+  for (const auto& req : stats["requests"]) {
+    EXPECT_FALSE(req["authorization"].get<bool>()) << req.dump();
+    n_head += req["method"] == "HEAD";
+  }
+  EXPECT_GE(n_head, 1);
+  EXPECT_GE(stats["requests"].size(), 8u);
+}
+
+TEST(HubNames, DownloadStateRoundTripsThroughJson) {
+  const DownloadState st{{786434, 0, 5, 18446744073709551615ull}};
+  EXPECT_EQ(st.to_json(), "{\"done\":[786434,0,5,18446744073709551615]}");
+  EXPECT_EQ(DownloadState::from_json(st.to_json()).done, st.done);
+  EXPECT_EQ(DownloadState{}.completed(), 0u);
+  EXPECT_EQ((DownloadState{{1, 2, 3}}.completed()), 6u);
+  EXPECT_TRUE(DownloadState::from_json(DownloadState{}.to_json()).done.empty());
+  std::string many = "{\"done\":[0";
+  for (int i = 0; i < 64; ++i) many += ",0";
+  many += "]}";
+  for (const std::string& bad : std::vector<std::string>{"", "{", "null", "[]", "{\"done\":5}", "{\"done\":[-1]}", "{\"done\":[1.5]}",
+                                "{\"done\":[1,\"2\"]}", "{\"done\":[null]}", "{\"other\":[1]}", "{\"done\":[1]} trailing", many}) {
+    EXPECT_TRUE(DownloadState::from_json(bad).done.empty()) << bad;
+  }
+}
+
+TEST(HubNames, ParallelKnobsComeFromTheEnvironment) {
+  auto with_env = [](const char* min_bytes, const char* parts) {
+    unsetenv("GPTQD_HUB_PARALLEL_MIN_BYTES");
+    unsetenv("GPTQD_HUB_PARALLEL_PARTS");
+    if (min_bytes) setenv("GPTQD_HUB_PARALLEL_MIN_BYTES", min_bytes, 1);
+    if (parts) setenv("GPTQD_HUB_PARALLEL_PARTS", parts, 1);
+    return HubSettings::from_environment();
+  };
+  HubSettings s = with_env(nullptr, nullptr);
+  EXPECT_EQ(s.parallel_min_bytes, 64ull << 20);
+  EXPECT_EQ(s.parallel_parts, 4);
+  s = with_env("262144", "8");
+  EXPECT_EQ(s.parallel_min_bytes, 262144u);
+  EXPECT_EQ(s.parallel_parts, 8);
+  for (const auto& [min_bytes, parts, var] : std::vector<std::tuple<const char*, const char*, std::string>>{
+           {"12k", nullptr, "GPTQD_HUB_PARALLEL_MIN_BYTES"}, {"-1", nullptr, "GPTQD_HUB_PARALLEL_MIN_BYTES"},
+           {nullptr, "0", "GPTQD_HUB_PARALLEL_PARTS"}, {nullptr, "65", "GPTQD_HUB_PARALLEL_PARTS"},
+           {nullptr, "four", "GPTQD_HUB_PARALLEL_PARTS"}}) {
+    try {
+      with_env(min_bytes, parts);
+      ADD_FAILURE() << var << " accepted a bad value";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::invalid_argument);
+      EXPECT_NE(std::string(e.what()).find(var), std::string::npos) << e.what();
+    }
+  }
+  with_env(nullptr, nullptr);
 }
 
 TEST(HubNames, RepoRefsAndFileNames) {

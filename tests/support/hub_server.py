@@ -34,11 +34,13 @@ faults.json: [{"path": regex (re.search, path without query), "kind": K, "times"
 (default 1, -1 forever), ...}]; uses left are kept per list index, reset when the file's
 content changes; every matching fault with uses left applies:
     status {"status": 500}              any request: that status, small JSON body
-and on GET responses with a file body (/cdn, non-LFS resolve):
+and on GET responses with a file body (/cdn, non-LFS resolve; a 416 uses them up too):
     drop_after {"bytes": N}             full Content-Length, N bytes, shutdown + close
     stall {"seconds": S, "bytes": N=0}  N bytes, sleep S (less if the client leaves), rest
     wrong_byte {"offset": K}            file byte K xor 0xFF if inside the served range
     short {"bytes": N}                  Content-Length N, N bytes (206: Content-Range too)
+    no_range {}                         Range ignored: 200 with the whole file (a server
+                                        without range support)
 """
 import argparse, hashlib, json, os, re, select, signal, socket, socketserver, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -47,7 +49,7 @@ from urllib.parse import quote, unquote, urlsplit
 LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".parquet")
 LFS_MIN_SIZE = 10 * 1024 * 1024
 CHUNK = 64 * 1024
-BODY_FAULTS = ("drop_after", "stall", "wrong_byte", "short")
+BODY_FAULTS = ("drop_after", "stall", "wrong_byte", "short", "no_range")
 
 
 class HubError(Exception):
@@ -277,8 +279,10 @@ class Handler(BaseHTTPRequestHandler):
     def serve_file(self, fpath, info, headers):
         total, start, status = info["size"], 0, 200
         end = total - 1
+        faults = {f["kind"]: f for f in (self.server.state.take_faults(
+            self.path_only, BODY_FAULTS) if self.command == "GET" else [])}
         m = re.fullmatch(r"\s*bytes=(\d*)-(\d*)\s*", self.headers.get("Range") or "")
-        if m and (m[1] or m[2]):
+        if m and (m[1] or m[2]) and "no_range" not in faults:
             if m[1]:
                 start = int(m[1])
                 end = min(int(m[2]), total - 1) if m[2] else total - 1
@@ -289,11 +293,10 @@ class Handler(BaseHTTPRequestHandler):
                 raise HubError(416, "Requested Range Not Satisfiable",
                                headers={**headers, "Content-Range": f"bytes */{total}"})
             status = 206
-        faults = {f["kind"]: f for f in (self.server.state.take_faults(
-            self.path_only, BODY_FAULTS) if self.command == "GET" else [])}
         length = min(end - start + 1, int(faults.get("short", {}).get("bytes", total)))
-        headers.update({"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream",
-                        "Content-Length": str(length)})
+        headers.update({"Content-Type": "application/octet-stream", "Content-Length": str(length)})
+        if "no_range" not in faults:
+            headers["Accept-Ranges"] = "bytes"
         if status == 206:
             headers["Content-Range"] = f"bytes {start}-{start + length - 1}/{total}"
         self.send_head(status, headers)
