@@ -96,10 +96,13 @@ std::string sha256_digest(std::string_view bytes) {
   return "sha256:" + hex_of(md, len);
 }
 
-BlobStore::BlobStore(fs::path state_dir) : blobs_dir_(state_dir / "blobs"), tmp_dir_(state_dir / "tmp") {
+BlobStore::BlobStore(fs::path state_dir)
+    : blobs_dir_(state_dir / "blobs"), tmp_dir_(state_dir / "tmp"), partials_dir_(tmp_dir_ / "hub") {
   make_dir(blobs_dir_);
   make_dir(tmp_dir_);
 }
+
+void BlobStore::ensure_partials_dir() { make_dir(partials_dir_); }
 
 fs::path BlobStore::blob_path(const std::string& digest) const {
   if (!valid_digest(digest)) fail(ErrorCode::internal, "malformed digest '", digest, "'");
@@ -154,6 +157,7 @@ StagedFile BlobStore::stage(const std::string& name, const fs::path& src,
 }
 
 void BlobStore::publish(StagedFile& f) {
+  if (f.in_store) return;  // pinned by pin_existing
   const fs::path final_path = blob_path(f.digest);
   std::lock_guard lock(mutex_);
   ++pins_[f.digest];
@@ -175,6 +179,18 @@ void BlobStore::publish(StagedFile& f) {
   }
 }
 
+std::optional<StagedFile> BlobStore::pin_existing(const std::string& name, const std::string& digest,
+                                                  uint64_t size_bytes) {
+  const fs::path p = blob_path(digest);
+  std::lock_guard lock(mutex_);
+  struct stat st {};
+  if (::lstat(p.c_str(), &st) != 0 || !S_ISREG(st.st_mode) || static_cast<uint64_t>(st.st_size) != size_bytes) {
+    return std::nullopt;
+  }
+  ++pins_[digest];
+  return StagedFile{name, p, digest, size_bytes, true};
+}
+
 void BlobStore::unpin(const std::string& digest) {
   std::lock_guard lock(mutex_);
   auto it = pins_.find(digest);
@@ -189,16 +205,32 @@ bool BlobStore::remove_unless_pinned(const std::string& digest) {
 }
 
 void BlobStore::discard(const StagedFile& f) {
-  if (!f.tmp_path.empty()) ::unlink(f.tmp_path.c_str());
+  if (!f.in_store && !f.tmp_path.empty()) ::unlink(f.tmp_path.c_str());
 }
 
-std::vector<std::string> BlobStore::sweep(const std::set<std::string>& known_digests) {
+std::vector<std::string> BlobStore::sweep(const std::set<std::string>& known_digests,
+                                         const std::set<std::string>& keep_partials) {
   std::vector<std::string> removed;
   std::lock_guard lock(mutex_);
+  bool kept_partials = false;
+  std::error_code dir_ec;
+  if (fs::is_directory(partials_dir_, dir_ec)) {
+    for (const auto& entry : fs::directory_iterator(partials_dir_)) {
+      const std::string fname = entry.path().filename().string();
+      if (keep_partials.contains(fname) && entry.is_regular_file()) {
+        kept_partials = true;
+        continue;
+      }
+      std::error_code ec;
+      fs::remove_all(entry.path(), ec);
+      removed.push_back("tmp/hub/" + fname);
+    }
+  }
   for (const auto& entry : fs::directory_iterator(tmp_dir_)) {
+    if (kept_partials && entry.path() == partials_dir_) continue;
     std::error_code ec;
     fs::remove_all(entry.path(), ec);
-    removed.push_back("tmp/" + entry.path().filename().string());
+    if (entry.path() != partials_dir_) removed.push_back("tmp/" + entry.path().filename().string());
   }
   for (const auto& entry : fs::directory_iterator(blobs_dir_)) {
     std::string fname = entry.path().filename().string();

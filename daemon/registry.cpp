@@ -87,6 +87,16 @@ CREATE TABLE job_layers (
   PRIMARY KEY (job_id, layer)
 );
 )sql",
+    // v4: Hub and URL downloads in progress: each partial under tmp/hub/ and how far it got.
+    R"sql(
+CREATE TABLE downloads (
+  key         TEXT PRIMARY KEY,
+  source      TEXT NOT NULL,
+  size        INTEGER NOT NULL,
+  state_json  TEXT NOT NULL,
+  updated_at  INTEGER NOT NULL
+);
+)sql",
 };
 constexpr int kNumMigrations = sizeof(kMigrations) / sizeof(kMigrations[0]);
 static_assert(kNumMigrations == Registry::kSchemaVersion);
@@ -434,6 +444,26 @@ std::vector<RegistryDataset> Registry::datasets() {
   }
   std::vector<RegistryDataset> out;
   for (const auto& n : names) out.push_back(*find_dataset(n));
+  return out;
+}
+
+void Registry::put_download(const RegistryDownload& dl) {
+  Stmt(db_, "INSERT INTO downloads(key, source, size, state_json, updated_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET source = excluded.source, size = excluded.size, "
+            "state_json = excluded.state_json, updated_at = excluded.updated_at")
+      .bind(1, dl.key).bind(2, dl.source).bind(3, static_cast<int64_t>(dl.size)).bind(4, dl.state_json).bind(5, now_s()).run();
+}
+
+void Registry::remove_download(const std::string& key) {
+  Stmt(db_, "DELETE FROM downloads WHERE key = ?").bind(1, key).run();
+}
+
+std::vector<RegistryDownload> Registry::downloads() {
+  std::vector<RegistryDownload> out;
+  Stmt s(db_, "SELECT key, source, size, state_json, updated_at FROM downloads ORDER BY key");
+  while (s.step()) {
+    out.push_back(RegistryDownload{s.text(0), s.text(1), static_cast<uint64_t>(s.i64(2)), s.text(3), s.i64(4)});
+  }
   return out;
 }
 

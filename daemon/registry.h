@@ -64,9 +64,18 @@ struct RegistryDataset {
   std::vector<RegistryFile> files;  // in the order they were added
 };
 
+// A download in progress (Hub or URL): its partial is tmp/hub/<key>.partial.
+struct RegistryDownload {
+  std::string key;           // "lfs-<sha256>", "git-<blob sha1>", "url-<sha256 of the URL>"
+  std::string source;        // "org/name@<sha>:<file>" or the URL, for the log (never a token)
+  uint64_t size = 0;         // the file's size
+  std::string state_json;    // HubClient DownloadState: bytes durable per range
+  int64_t updated_at = 0;
+};
+
 class Registry {
  public:
-  static constexpr int kSchemaVersion = 3;
+  static constexpr int kSchemaVersion = 4;
 
   // Opens (creating if needed) and migrates the database. Refuses, with Error(io), a database
   // from a newer gptqd or one that fails its integrity check; never recreates or deletes it.
@@ -109,6 +118,11 @@ class Registry {
   // A finished layer of a quantize job (its per-linear report), recorded once its file is durable.
   void add_job_layer(int64_t job_id, int64_t layer, const std::string& report_json);
   std::vector<std::pair<int64_t, std::string>> job_layers(int64_t job_id);  // by layer
+
+  // Downloads in progress (upsert by key), so a restart resumes them.
+  void put_download(const RegistryDownload& dl);
+  void remove_download(const std::string& key);
+  std::vector<RegistryDownload> downloads();
 
   void set_tag_quality(const std::string& name, const std::string& tag, const std::string& state,
                        const std::string& quality_json);

@@ -98,6 +98,43 @@ TEST(BlobStore, SweepRemovesPartialsAndOrphansOnly) {
   EXPECT_TRUE(test::list_dir(dir / "tmp").empty());
 }
 
+TEST(BlobStore, SweepKeepsTheHubPartialsTheRegistryNames) {
+  test::TempDir dir;
+  BlobStore store(dir.path());
+  store.ensure_partials_dir();
+  test::write_file(store.partial_path("lfs-keep"), "half of a file");
+  test::write_file(store.partial_path("lfs-stray"), "nobody's");
+  test::write_file(dir / "tmp" / "dead.partial", "half");
+  auto removed = store.sweep({}, {"lfs-keep.partial"});
+  EXPECT_EQ(removed, (std::vector<std::string>{"tmp/hub/lfs-stray.partial", "tmp/dead.partial"}));
+  EXPECT_EQ(test::list_dir(dir / "tmp"), std::vector<std::string>{"hub"});
+  EXPECT_EQ(test::list_dir(dir / "tmp" / "hub"), std::vector<std::string>{"lfs-keep.partial"});
+  // Nothing to keep: tmp/ ends up empty, hub/ included.
+  store.sweep({}, {});
+  EXPECT_TRUE(test::list_dir(dir / "tmp").empty());
+}
+
+TEST(BlobStore, PinExistingTakesOnlyABlobOfThatSizeAndPublishLeavesItAlone) {
+  test::TempDir dir;
+  BlobStore store(dir.path());
+  test::write_file(dir / "src", "abc");
+  StagedFile f = store.stage("x", dir / "src", nullptr);
+  store.publish(f);
+  store.unpin(f.digest);
+  EXPECT_FALSE(store.pin_existing("x", kAbcDigest, 4));
+  EXPECT_FALSE(store.pin_existing("x", "sha256:" + std::string(64, '0'), 3));
+  std::optional<StagedFile> again = store.pin_existing("copy", kAbcDigest, 3);
+  ASSERT_TRUE(again);
+  EXPECT_TRUE(again->in_store);
+  EXPECT_EQ(again->name, "copy");
+  store.publish(*again);
+  BlobStore::discard(*again);
+  EXPECT_TRUE(std::filesystem::exists(store.blob_path(kAbcDigest))) << "publish and discard leave a stored blob alone";
+  EXPECT_FALSE(store.remove_unless_pinned(kAbcDigest)) << "pinned";
+  store.unpin(kAbcDigest);
+  EXPECT_TRUE(store.remove_unless_pinned(kAbcDigest));
+}
+
 TEST(BlobStore, FreeSpaceCheckNamesTheNumbers) {
   test::TempDir dir;
   BlobStore store(dir.path());

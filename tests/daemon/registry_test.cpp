@@ -222,19 +222,42 @@ TEST(Registry, MigratesAVersion1DatabaseKeepingItsRows) {
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open((dir / "registry.db").c_str(), &db), SQLITE_OK);
   ASSERT_EQ(sqlite3_exec(db,
-                         "DROP TABLE job_layers; ALTER TABLE tags DROP COLUMN state; "
+                         "DROP TABLE downloads; DROP TABLE job_layers; ALTER TABLE tags DROP COLUMN state; "
                          "ALTER TABLE tags DROP COLUMN quality_json; DROP TABLE dataset_files; DROP TABLE datasets; "
                          "PRAGMA user_version = 1",
                          nullptr, nullptr, nullptr),
             SQLITE_OK);
   sqlite3_close(db);
   auto reg = Registry::open(dir / "registry.db");
-  EXPECT_EQ(reg->schema_version(), 3);
+  EXPECT_EQ(reg->schema_version(), 4);
   ASSERT_TRUE(reg->find("m", "t"));
   EXPECT_EQ(reg->find("m", "t")->state, "ready");
   reg->add_job_layer(reg->add_job("quantize", "m:q", "{}"), 0, "{}");
   reg->add_dataset("d", {{"a.txt", digest('b'), 3}});
   EXPECT_TRUE(reg->find_dataset("d"));
+  reg->put_download({"lfs-x", "o/n@s:f", 10, "{}", 0});
+  EXPECT_EQ(reg->downloads().size(), 1u);
+}
+
+TEST(Registry, DownloadsAreUpsertedAndRemovedByKey) {
+  test::TempDir dir;
+  auto reg = Registry::open(dir / "registry.db");
+  reg->put_download({"lfs-a", "o/n@s:model.safetensors", 100, R"({"done":[10]})", 0});
+  reg->put_download({"git-b", "o/n@s:config.json", 5, R"({"done":[0]})", 0});
+  reg->put_download({"lfs-a", "o/n@s:model.safetensors", 100, R"({"done":[60]})", 0});
+  auto rows = reg->downloads();
+  ASSERT_EQ(rows.size(), 2u);
+  EXPECT_EQ(rows[0].key, "git-b");
+  EXPECT_EQ(rows[1].key, "lfs-a");
+  EXPECT_EQ(rows[1].state_json, R"({"done":[60]})");
+  EXPECT_EQ(rows[1].size, 100u);
+  EXPECT_GT(rows[1].updated_at, 0);
+  reg->remove_download("lfs-a");
+  reg.reset();
+  reg = Registry::open(dir / "registry.db");  // durable across a reopen
+  rows = reg->downloads();
+  ASSERT_EQ(rows.size(), 1u);
+  EXPECT_EQ(rows[0].key, "git-b");
 }
 
 TEST(Registry, DatasetsKeepTheirBlobs) {
