@@ -2,6 +2,8 @@
 // gptqctl subcommands (ctl layer).
 #include "ctl/commands.h"
 
+#include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <regex>
 
@@ -84,36 +86,171 @@ int cmd_status(Context& ctx) {
   return kExitOk;
 }
 
+namespace {
+
+// Follows the NDJSON stream of a pull (of a model or a dataset) to its "done" event, which it
+// returns. --json prints the events as they come; otherwise they are rendered on stderr. An
+// "error" event, a refusal, Ctrl-C or a stream that stops early is a CtlError naming `what`.
+json follow_pull(Context& ctx, const std::string& target, const json& body, const std::string& what) {
+  ProgressRenderer progress(ctx.err, ctx.tty);
+  std::string error;
+  json done;
+  install_interrupt_handler();
+  HttpResult r;
+  try {
+    r = ctx.client.stream("POST", target, body.dump(), [&](const json& ev) {
+      if (ctx.json) {
+        print(ctx, ev.dump() + "\n");
+        std::fflush(ctx.out);
+      }
+      const bool object = ev.is_object();
+      const std::string event = object && ev.contains("event") && ev["event"].is_string() ? ev["event"].get<std::string>() : "";
+      if (event == "error" || (object && ev.contains("error"))) {
+        const json e = ev.value("error", json());
+        error = e.is_string() ? e.get<std::string>() : e.dump();
+        if (error.empty() || error == "null") error = "unknown error";
+      } else if (event == "done") {
+        done = ev;
+      } else if (!ctx.json) {
+        progress.on_event(ev);
+      }
+    });
+  } catch (const Interrupted&) {
+    progress.finish();
+    take_interrupt();
+    throw CtlError(130, what + " interrupted (gptqd stops it when its client goes away)");
+  }
+  progress.finish();
+  if (r.status != 200) throw CtlError(kExitFailed, error_message(r));
+  if (!error.empty()) throw CtlError(kExitFailed, what + " failed: " + error);
+  if (done.is_null()) throw CtlError(kExitFailed, "the " + what + " ended without a result (did the daemon stop?)");
+  return done;
+}
+
+// Strings and numbers of a "done" event, read defensively.
+std::string done_text(const json& done, const char* key) {
+  if (!done.contains(key) || done[key].is_null()) return "";
+  return printable(done[key].is_string() ? done[key].get<std::string>() : done[key].dump());
+}
+
+uint64_t done_count(const json& done, const char* key) {
+  if (!done.contains(key)) return 0;
+  const json& v = done[key];
+  if (v.is_number_unsigned()) return v.get<uint64_t>();
+  if (v.is_number_integer()) return v.get<int64_t>() < 0 ? 0 : static_cast<uint64_t>(v.get<int64_t>());
+  if (v.is_number_float() && v.get<double>() >= 0 && v.get<double>() < 1.8e19) return static_cast<uint64_t>(v.get<double>());
+  return 0;
+}
+
+bool is_url(const std::string& s) {
+  auto starts = [&](std::string_view prefix) {
+    return s.size() >= prefix.size() && std::equal(prefix.begin(), prefix.end(), s.begin(), [](char a, char b) {
+             return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+           });
+  };
+  return starts("http://") || starts("https://");
+}
+
+}  // namespace
+
 int cmd_pull(Context& ctx, const PullArgs& args) {
   protocol::PullRequest req;
   req.source = resolve_pull_source(args.source);
   if (!args.name.empty()) req.name = checked_ref(args.name);
   req.revision = args.revision;
   req.stream = true;
-  ProgressRenderer progress(ctx.err, ctx.tty);
-  std::string error, done_model;
-  json done;
-  HttpResult r = ctx.client.stream("POST", "/api/pull", req.to_json().dump(), [&](const json& ev) {
-    if (ctx.json) {
-      print(ctx, ev.dump() + "\n");
-      std::fflush(ctx.out);
-    }
-    if (ev.contains("error")) {
-      error = ev["error"].is_string() ? ev["error"].get<std::string>() : ev["error"].dump();
-    } else if (ev.value("event", "") == "done") {
-      done = ev;
-    } else if (!ctx.json) {
-      progress.on_event(ev);
-    }
-  });
-  progress.finish();
-  if (r.status != 200) throw CtlError(r.status == 409 ? kExitFailed : kExitFailed, error_message(r));
-  if (!error.empty()) throw CtlError(kExitFailed, "pull failed: " + error);
-  if (done.is_null()) throw CtlError(kExitFailed, "the pull ended without a result (did the daemon stop?)");
+  const json done = follow_pull(ctx, "/api/pull", req.to_json(), "pull");
   if (!ctx.json) {
-    print(ctx, "pulled " + printable(done.value("model", std::string())) + " (" + printable(done.value("architecture", std::string())) +
-                   ", " + protocol::format_param_count(done.value("n_params", uint64_t{0})) + " params, " +
-                   printable(done.value("dtype", std::string())) + ", " + human_bytes(done.value("size", uint64_t{0})) + ")\n");
+    print(ctx, "pulled " + done_text(done, "model") + " (" + done_text(done, "architecture") + ", " +
+                   protocol::format_param_count(done_count(done, "n_params")) + " params, " + done_text(done, "dtype") +
+                   ", " + human_bytes(done_count(done, "size")) + ")\n");
+  }
+  return kExitOk;
+}
+
+protocol::DatasetPullRequest make_dataset_pull_request(const DatasetPullArgs& args) {
+  auto usage = [](const std::string& why) { return CtlError(kExitUsage, why); };
+  protocol::DatasetPullRequest req;
+  req.source = args.source;
+  req.files = args.files;
+  req.name = args.name;
+  req.revision = args.revision;
+  req.stream = true;
+  if (args.source.empty()) throw usage("dataset pull needs a SOURCE: a Hub dataset repo org/name[@rev] or an http(s) URL");
+  std::string why;
+  if (!args.name.empty() && !protocol::is_valid_name(args.name, &why)) {
+    throw usage("invalid dataset name '" + printable(args.name) + "': " + why);
+  }
+  if (is_url(args.source)) {
+    const size_t host = args.source.find("://") + 3;
+    const bool bad_char = std::any_of(args.source.begin(), args.source.end(), [](char c) {
+      return static_cast<unsigned char>(c) <= 0x20 || c == 0x7f;
+    });
+    if (host >= args.source.size() || args.source[host] == '/' || bad_char) {
+      throw usage("invalid URL '" + printable(args.source) + "' (expected http(s)://HOST/PATH, without spaces)");
+    }
+    if (!args.files.empty()) {
+      throw usage("a URL is one file: FILE arguments are for a Hub dataset repo (got " + printable(args.files[0]) + ")");
+    }
+    if (!args.revision.empty()) throw usage("--revision is for a Hub dataset repo, not a URL");
+    if (!args.sha256.empty()) {
+      if (args.sha256.size() != 64 || args.sha256.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos) {
+        throw usage("--sha256 must be 64 hex digits (got '" + printable(args.sha256) + "')");
+      }
+      req.sha256 = args.sha256;
+      std::transform(req.sha256.begin(), req.sha256.end(), req.sha256.begin(),
+                     [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    }
+    return req;
+  }
+
+  static const std::regex kRepo(
+      "(datasets/)?[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}(@([A-Za-z0-9._/-]+))?");
+  std::smatch m;
+  if (!std::regex_match(args.source, m, kRepo)) {
+    throw usage("invalid SOURCE '" + printable(args.source) +
+                "': expected a Hub dataset repo org/name[@rev] (or datasets/org/name[@rev]) or an http(s) URL");
+  }
+  if (m[3].matched && !args.revision.empty() && m[3].str() != args.revision) {
+    throw usage("two revisions: '@" + printable(m[3].str()) + "' in SOURCE and --revision " + printable(args.revision));
+  }
+  if (!args.sha256.empty()) {
+    throw usage("--sha256 is for a URL; files of a Hub repo are checked against the digests the Hub lists");
+  }
+  if (args.files.empty()) {
+    throw usage("a Hub dataset repo needs the FILE(s) to fetch, e.g. gptqctl dataset pull " + printable(args.source) +
+                " train.txt");
+  }
+  for (const auto& f : args.files) {
+    std::string bad;
+    if (f.empty()) bad = "it is empty";
+    else if (f.front() == '/') bad = "it is absolute; give the path inside the repo";
+    else if (std::any_of(f.begin(), f.end(), [](char c) { return static_cast<unsigned char>(c) < 0x20 || c == 0x7f; }))
+      bad = "it contains a control character";
+    else if (f.find('\\') != std::string::npos)
+      bad = "it contains '\\' (the Hub's paths use '/')";
+    else {
+      size_t start = 0;
+      while (bad.empty() && start <= f.size()) {
+        const size_t end = std::min(f.find('/', start), f.size());
+        const std::string_view seg(f.data() + start, end - start);
+        if (seg == "..") bad = "it has a '..' segment";
+        else if (seg.empty() || seg == ".") bad = "it has an empty or '.' segment";
+        start = end + 1;
+      }
+    }
+    if (!bad.empty()) throw usage("invalid FILE '" + printable(f) + "': " + bad);
+  }
+  return req;
+}
+
+int cmd_dataset_pull(Context& ctx, const DatasetPullArgs& args) {
+  const protocol::DatasetPullRequest req = make_dataset_pull_request(args);
+  const json done = follow_pull(ctx, "/api/datasets/pull", req.to_json(), "dataset pull");
+  if (!ctx.json) {
+    const uint64_t n = done_count(done, "files");
+    print(ctx, "pulled dataset " + done_text(done, "dataset") + " (" + std::to_string(n) + " file(s), " +
+                   human_bytes(done_count(done, "size")) + ")\n");
   }
   return kExitOk;
 }

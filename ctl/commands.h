@@ -32,6 +32,18 @@ struct PullArgs {
   std::string revision;
 };
 
+// `dataset pull SOURCE [FILE...]`: SOURCE is a Hub dataset repo ("org/name[@rev]",
+// "datasets/org/name[@rev]", with FILEs inside it) or one http(s) URL (no FILE; --sha256 optional).
+struct DatasetPullArgs {
+  std::string source;
+  std::vector<std::string> files;
+  std::string name;
+  std::string revision;
+  std::string sha256;
+};
+// The request the arguments send; CtlError(kExitUsage) naming what is wrong.
+protocol::DatasetPullRequest make_dataset_pull_request(const DatasetPullArgs& args);
+
 // Sampling flags of `run`; unset ones take the daemon's defaults.
 struct RunArgs {
   std::string model;
@@ -70,6 +82,7 @@ int cmd_run(Context& ctx, const RunArgs& args);
 int cmd_eval(Context& ctx, const EvalArgs& args);
 int cmd_dataset_add(Context& ctx, const std::string& name, const std::vector<std::string>& files);
 int cmd_dataset_list(Context& ctx);
+int cmd_dataset_pull(Context& ctx, const DatasetPullArgs& args);
 int cmd_ps(Context& ctx);
 // `gpu`: devices and the INT4 kernels; `verbose` adds the rejections of the common table.
 int cmd_gpu(Context& ctx, bool verbose);

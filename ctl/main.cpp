@@ -25,10 +25,18 @@ int main(int argc, char** argv) {
 
   auto* status = app.add_subcommand("status", "Exit 0 when the daemon answers; print its version and uptime");
   PullArgs pull_args;
-  auto* pull = app.add_subcommand("pull", "Register a model: a .gguf file, a Hugging Face model folder (or org/repo)");
-  pull->add_option("source", pull_args.source, "FILE.gguf | MODEL_FOLDER | org/repo[@rev]")->required();
+  auto* pull = app.add_subcommand("pull", "Register a model: a .gguf file, a Hugging Face model folder, or a repo the "
+                                          "daemon downloads from the Hugging Face Hub (org/repo[@rev])");
+  pull->add_option("source", pull_args.source,
+                   "FILE.gguf | MODEL_FOLDER | org/repo[@rev] (a Hub model repo, downloaded by gptqd)")
+      ->required();
   pull->add_option("--name", pull_args.name, "Register as NAME or NAME:TAG");
-  pull->add_option("--revision", pull_args.revision, "Hub revision (branch, tag or commit)");
+  pull->add_option("--revision", pull_args.revision, "Hub revision (branch, tag or commit) of org/repo");
+  pull->footer("Examples:\n"
+               "  gptqctl pull HuggingFaceTB/SmolLM2-135M-Instruct\n"
+               "  gptqctl pull org/repo@v1.0 --name mymodel:fp16\n"
+               "  gptqctl pull ./Llama-3.2-1B-Instruct\n"
+               "A private or gated repo needs HF_TOKEN in gptqd's environment: the daemon reads it, gptqctl does not.");
   auto* list = app.add_subcommand("list", "List the registered models");
   app.add_subcommand("ls", "Alias of list")->group("");
   std::string model;
@@ -75,9 +83,22 @@ int main(int argc, char** argv) {
   dataset_add->add_option("name", dataset_name, "NAME")->required();
   dataset_add->add_option("files", dataset_files, "FILE...")->required();
   auto* dataset_list = dataset->add_subcommand("list", "List the registered datasets");
-  std::string dataset_source;
-  auto* dataset_pull = dataset->add_subcommand("pull", "Fetch a dataset from the Hub (not available yet)");
-  dataset_pull->add_option("source", dataset_source, "SOURCE")->required();
+  DatasetPullArgs dataset_pull_args;
+  auto* dataset_pull = dataset->add_subcommand(
+      "pull", "Download text/JSONL files from a Hugging Face Hub dataset repo, or one file from an http(s) URL, "
+              "and register them (gptqd downloads them)");
+  dataset_pull->add_option("source", dataset_pull_args.source,
+                           "org/name[@rev] or datasets/org/name[@rev] (a Hub dataset repo), or an http(s) URL")
+      ->required();
+  dataset_pull->add_option("files", dataset_pull_args.files,
+                           "FILE... paths inside the repo (at least one for a repo, none for a URL)");
+  dataset_pull->add_option("--name", dataset_pull_args.name, "Register as NAME [default: from the repo or the URL]");
+  dataset_pull->add_option("--revision", dataset_pull_args.revision, "Hub revision (branch, tag or commit) of the repo");
+  dataset_pull->add_option("--sha256", dataset_pull_args.sha256, "URL only: the file's expected sha256 (64 hex digits)");
+  dataset_pull->footer("Examples:\n  gptqctl dataset pull org/corpus train.txt valid.jsonl --name corpus\n"
+                       "  gptqctl dataset pull https://example.com/data/eval.txt --sha256 <64 hex digits>\n"
+                       "A private or gated repo needs HF_TOKEN in gptqd's environment: the daemon reads it, gptqctl "
+                       "does not.");
 
   auto* ps = app.add_subcommand("ps", "Models loaded on the device");
   bool gpu_verbose = false;
@@ -143,10 +164,7 @@ int main(int argc, char** argv) {
     if (eval->parsed()) return cmd_eval(ctx, eval_args);
     if (dataset_add->parsed()) return cmd_dataset_add(ctx, dataset_name, dataset_files);
     if (dataset_list->parsed()) return cmd_dataset_list(ctx);
-    if (dataset_pull->parsed()) {
-      throw CtlError(kExitFailed, "dataset pull needs the Hub client, which this gptqd does not have yet; download the "
-                                  "files and use `gptqctl dataset add NAME FILE...`");
-    }
+    if (dataset_pull->parsed()) return cmd_dataset_pull(ctx, dataset_pull_args);
     if (ps->parsed()) return cmd_ps(ctx);
     if (gpu->parsed()) return cmd_gpu(ctx, gpu_verbose);
     if (quantize->parsed()) return cmd_quantize(ctx, quantize_args);

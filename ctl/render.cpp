@@ -2,7 +2,11 @@
 // Terminal rendering for gptqctl (ctl layer).
 #include "ctl/render.h"
 
+#include <sys/ioctl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <optional>
 
@@ -230,46 +234,6 @@ std::string format_table(const std::vector<std::vector<std::string>>& rows) {
   return out;
 }
 
-void ProgressRenderer::on_event(const nlohmann::json& ev) {
-  const std::string status = printable(ev.value("status", std::string()));
-  const uint64_t total = ev.value("total", uint64_t{0});
-  const uint64_t completed = ev.value("completed", uint64_t{0});
-  const bool has_bytes = ev.contains("completed") && total > 0;
-  if (!tty_) {
-    // Plain lines: one per status change, plus the end of each file.
-    if (status != last_status_) {
-      std::fprintf(out_, "%s\n", status.c_str());
-      last_status_ = status;
-    } else if (has_bytes && completed == total) {
-      std::fprintf(out_, "%s: done (%s)\n", status.c_str(), human_bytes(total).c_str());
-    }
-    std::fflush(out_);
-    return;
-  }
-  if (status != last_status_ && bar_open_) {
-    std::fputc('\n', out_);
-    bar_open_ = false;
-  }
-  last_status_ = status;
-  if (has_bytes) {
-    const double frac = std::min(1.0, static_cast<double>(completed) / static_cast<double>(total));
-    const std::string bar = bar_text(frac, 30);
-    std::fprintf(out_, "\r\x1b[K%s [%s] %3d%% %s/%s", status.c_str(), bar.c_str(), static_cast<int>(frac * 100),
-                 human_bytes(completed).c_str(), human_bytes(total).c_str());
-    bar_open_ = true;
-  } else {
-    std::fprintf(out_, "%s\n", status.c_str());
-  }
-  std::fflush(out_);
-}
-
-void ProgressRenderer::finish() {
-  if (bar_open_) std::fputc('\n', out_);
-  bar_open_ = false;
-  std::fflush(out_);
-}
-
-
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
   const long long t = std::llround(seconds);
@@ -419,6 +383,444 @@ std::string format_job_details(const json& job) {
   }
   if (table.size() > 1) out += "Layers\n" + format_table(table);
   return out;
+}
+
+// ---- progress of pulls and copies ------------------------------------------------------------
+
+namespace {
+
+// Columns `s` takes on a terminal. Any non-ASCII character counts as two, so that a line measured
+// here never wraps (a wrapped line would throw off the cursor-up of the next redraw).
+size_t columns(std::string_view s) {
+  size_t n = 0;
+  for (unsigned char c : s) {
+    if (c < 0x80) ++n;
+    else if ((c & 0xc0) == 0xc0) n += 2;  // lead bytes only
+  }
+  return n;
+}
+
+size_t char_len(unsigned char lead) { return lead < 0x80 ? 1 : lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2; }
+
+// The longest prefix (suffix) of `s` made of whole characters that fits in `max` columns.
+std::string_view head_columns(std::string_view s, size_t max) {
+  size_t used = 0, i = 0;
+  while (i < s.size()) {
+    const unsigned char c = static_cast<unsigned char>(s[i]);
+    const size_t w = c < 0x80 ? 1 : 2;
+    if (used + w > max) break;
+    used += w;
+    i = std::min(s.size(), i + char_len(c));
+  }
+  return s.substr(0, i);
+}
+
+std::string_view tail_columns(std::string_view s, size_t max) {
+  size_t used = 0, i = s.size();
+  while (i > 0) {
+    size_t start = i - 1;
+    while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xc0) == 0x80) --start;
+    const size_t w = static_cast<unsigned char>(s[start]) < 0x80 ? 1 : 2;
+    if (used + w > max) break;
+    used += w;
+    i = start;
+  }
+  return s.substr(i);
+}
+
+// `s` in at most `max` columns, cut in the middle ("model-000...safetensors") so that both the
+// start and the extension of a file name stay visible.
+std::string fit_middle(const std::string& s, size_t max) {
+  if (columns(s) <= max) return s;
+  if (max <= 3) return std::string(head_columns(s, max));
+  const size_t keep = max - 3, head = keep / 2;
+  return std::string(head_columns(s, head)) + "..." + std::string(tail_columns(s, keep - head));
+}
+
+// `s` in at most `max` columns, cut at the end.
+std::string fit_end(const std::string& s, size_t max) {
+  if (columns(s) <= max) return s;
+  if (max <= 3) return std::string(head_columns(s, max));
+  return std::string(head_columns(s, max - 3)) + "...";
+}
+
+std::string pad_right(std::string s, size_t width) {
+  const size_t c = columns(s);
+  if (c < width) s.append(width - c, ' ');
+  return s;
+}
+
+std::string pad_left(const std::string& s, size_t width) {
+  const size_t c = columns(s);
+  return c < width ? std::string(width - c, ' ') + s : s;
+}
+
+std::string rate_text(std::optional<double> bytes_per_s) {
+  if (!bytes_per_s || !std::isfinite(*bytes_per_s) || *bytes_per_s < 0) return "";
+  return human_bytes(static_cast<uint64_t>(std::llround(*bytes_per_s))) + "/s";
+}
+
+// "ETA 3m12s" for `remaining` bytes at `rate` bytes/s; "" when the rate is unknown or zero.
+std::string eta_for(uint64_t remaining, std::optional<double> rate) {
+  if (!rate || !(*rate > 0)) return "";
+  return "ETA " + format_duration(static_cast<double>(remaining) / *rate);
+}
+
+// Bytes a progress event counts ("total", "completed"); absent when missing or not a number,
+// 0 when negative.
+std::optional<uint64_t> byte_count(const json& ev, const char* key) {
+  const auto v = number(ev, key);
+  if (!v) return std::nullopt;
+  return *v <= 0 ? 0 : static_cast<uint64_t>(std::min(*v, 1.8e19));
+}
+
+// One bar line of the frame, before layout.
+struct BarRow {
+  std::string label;
+  double fraction = 0;         // 0..1
+  bool known = true;           // false: the size is unknown, no percent
+  std::string bytes, rate, eta;
+};
+
+constexpr size_t kMinLabel = 8, kMinBar = 10, kMaxBar = 30;
+
+// The rows laid out in `width` usable columns, their columns aligned: "label  [bar] pct  bytes
+// rate  eta". When the line does not fit, the rate goes first, then the ETA, then the bytes,
+// then the bar; the label is cut in the middle.
+std::vector<std::string> layout_bars(const std::vector<BarRow>& rows, size_t width) {
+  size_t label_w = 0, bytes_w = 0, rate_w = 0, eta_w = 0;
+  for (const auto& r : rows) {
+    label_w = std::max(label_w, columns(r.label));
+    bytes_w = std::max(bytes_w, columns(r.bytes));
+    rate_w = std::max(rate_w, columns(r.rate));
+    eta_w = std::max(eta_w, columns(r.eta));
+  }
+  // Room for the usual "1.5 GB/4.4 GB" and "12.3 MB/s", so that columns stay put between frames.
+  if (bytes_w) bytes_w = std::max<size_t>(bytes_w, 13);
+  if (rate_w) rate_w = std::max<size_t>(rate_w, 9);
+  struct Tier {
+    bool bytes, rate, eta;
+  };
+  const Tier tiers[] = {{true, true, true}, {true, false, true}, {true, false, false}, {false, false, false}};
+  auto tail_width = [&](const Tier& t) {
+    return 4 + (t.bytes && bytes_w ? 2 + bytes_w : 0) + (t.rate && rate_w ? 2 + rate_w : 0) +
+           (t.eta && eta_w ? 2 + eta_w : 0);
+  };
+  std::optional<Tier> tier;
+  size_t bar_w = 0;
+  for (const auto& t : tiers) {
+    const size_t fixed = tail_width(t) + 5;  // "  [" "] " around the bar
+    if (width >= fixed + std::min(label_w, kMinLabel) + kMinBar) {
+      tier = t;
+      const size_t rest = width - fixed;
+      label_w = std::min(label_w, rest - kMinBar);
+      bar_w = std::min(kMaxBar, rest - label_w);
+      break;
+    }
+  }
+  std::vector<std::string> lines;
+  for (const auto& r : rows) {
+    const int pct = static_cast<int>(std::floor(std::clamp(r.fraction, 0.0, 1.0) * 100));
+    char pct_buf[8];
+    std::snprintf(pct_buf, sizeof pct_buf, "%3d%%", pct);
+    const std::string pct_text = r.known ? pct_buf : "    ";
+    std::string line;
+    if (!tier) {  // too narrow for a bar: label and percent
+      line = (width > 5 ? pad_right(fit_middle(r.label, width - 5), width - 5) + " " : std::string()) + pct_text;
+    } else {
+      line = pad_right(fit_middle(r.label, label_w), label_w) + "  [" +
+             bar_text(r.known ? std::clamp(r.fraction, 0.0, 1.0) : 0.0, static_cast<int>(bar_w)) + "] " + pct_text;
+      if (tier->bytes && bytes_w) line += "  " + pad_left(r.bytes, bytes_w);
+      if (tier->rate && rate_w) line += "  " + pad_left(r.rate, rate_w);
+      if (tier->eta && eta_w) line += "  " + pad_right(r.eta, eta_w);
+    }
+    while (!line.empty() && line.back() == ' ') line.pop_back();
+    lines.push_back(std::string(head_columns(line, width)));
+  }
+  return lines;
+}
+
+int terminal_width(FILE* f) {
+  const int fd = f ? ::fileno(f) : -1;
+  struct winsize ws {};
+  if (fd >= 0 && ::ioctl(fd, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 0) return ws.ws_col;
+  return 80;
+}
+
+}  // namespace
+
+void ProgressRenderer::RateWindow::add(double t_s, uint64_t bytes) {
+  // A count that went back (a restarted file) or a clock that did starts the window over.
+  if (!samples_.empty() && (bytes < samples_.back().second || t_s < samples_.back().first)) samples_.clear();
+  samples_.emplace_back(t_s, bytes);
+  // Keep the newest sample at or before the window's start, so the window spans all of it.
+  while (samples_.size() > 2 && (samples_[1].first <= t_s - kRateWindowS || samples_.size() > 1000)) {
+    samples_.pop_front();
+  }
+}
+
+std::optional<double> ProgressRenderer::RateWindow::rate() const {
+  if (samples_.size() < 2) return std::nullopt;
+  const double span = samples_.back().first - samples_.front().first;
+  if (span < 0.2) return std::nullopt;  // too short to say anything
+  return static_cast<double>(samples_.back().second - samples_.front().second) / span;
+}
+
+ProgressRenderer::ProgressRenderer(FILE* out, bool tty, Options options)
+    : out_(out), tty_(tty), options_(std::move(options)) {}
+
+double ProgressRenderer::now() const {
+  if (options_.now_s) return options_.now_s();
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+void ProgressRenderer::on_event(const json& ev) {
+  if (!ev.is_object()) return;
+  const std::string status = text(ev, "status");
+  const bool has_file = ev.contains("file") && !ev["file"].is_null();
+  if (has_file || ev.contains("completed")) return on_file_event(ev, status);
+
+  const bool has_files = ev.contains("files") && ev["files"].is_array();
+  if (has_files || ev.contains("n_files") || ev.contains("total")) {
+    // The plan: what the whole operation will move.
+    if (!status.empty()) header_ = status;
+    plan_bytes_ = std::max(plan_bytes_, byte_count(ev, "total").value_or(0));
+    if (auto n = integer(ev, "n_files"); n && *n > 0) plan_n_files_ = std::max(plan_n_files_, static_cast<size_t>(*n));
+    if (has_files) {
+      plan_files_.clear();
+      for (const auto& f : ev["files"]) {
+        if (f.is_object()) plan_files_.emplace_back(text(f, "file"), byte_count(f, "total").value_or(0));
+      }
+    }
+    stage_.clear();
+    if (!tty_) {
+      if (!status.empty() && status != last_status_) std::fprintf(out_, "%s\n", status.c_str());
+      last_status_ = status.empty() ? last_status_ : status;
+      std::fflush(out_);
+    } else {
+      draw(/*force=*/true);
+    }
+    return;
+  }
+
+  if (status.empty()) return;
+  if (!tty_) {
+    if (status != last_status_) std::fprintf(out_, "%s\n", status.c_str());
+    last_status_ = status;
+    std::fflush(out_);
+  } else if (status != stage_) {
+    stage_ = status;
+    draw(/*force=*/true);
+  }
+}
+
+void ProgressRenderer::on_file_event(const json& ev, const std::string& status) {
+  const std::string key = ev.contains("file") && !ev["file"].is_null() ? text(ev, "file") : status;
+  const double t = now();
+  auto it = std::find_if(files_.begin(), files_.end(), [&](const File& f) { return f.key == key; });
+  const bool started = it == files_.end();
+  if (started) {
+    File f;
+    f.key = f.label = key;
+    f.first_s = t;
+    f.order = files_.size();
+    files_.push_back(std::move(f));
+    it = files_.end() - 1;
+  }
+  File& f = *it;
+  f.status = status.empty() ? f.label : status;
+  if (auto total = byte_count(ev, "total")) f.total = *total, f.total_known = true;
+  const uint64_t completed = byte_count(ev, "completed").value_or(f.completed);
+  f.skipped = f.skipped || flag(ev, "skipped");
+  f.resumed = f.resumed || flag(ev, "resumed");
+  f.server_rate.reset();
+  if (auto r = number(ev, "rate"); r && *r >= 0) f.server_rate = *r;
+  if (auto n = integer(ev, "n_files"); n && *n > 0) plan_n_files_ = std::max(plan_n_files_, static_cast<size_t>(*n));
+
+  if (started) {
+    // What a resumed or skipped file already had was not moved now; a new file's first bytes were.
+    f.completed = f.first_completed = f.skipped || f.resumed ? completed : 0;
+    if (!f.skipped && first_transfer_s_ < 0) first_transfer_s_ = t;
+  }
+  if (completed > f.completed) {
+    transferred_bytes_ += completed - f.completed;
+    last_transfer_s_ = t;
+  }
+  f.completed = completed;
+  if (!f.skipped) {
+    f.rate.add(t, f.completed);
+    total_rate_.add(t, transferred_bytes_);
+  }
+  const bool finished_now = !f.done && (f.skipped || (f.total_known && f.completed >= f.total));
+  if (finished_now) f.done = true, f.done_s = t;
+
+  if (!tty_) return print_plain(f, started, finished_now);
+  bool force = false;
+  if (!f.done && !stage_.empty()) {  // bytes are moving again: the stage is over
+    stage_.clear();
+    force = true;
+  }
+  draw(force);
+}
+
+void ProgressRenderer::print_plain(const File& f, bool started, bool finished_now) {
+  // One line per status change, plus the end of each file.
+  if (f.status != last_status_) {
+    std::string line = f.status;
+    if (f.skipped && f.total_known) {
+      line += " (" + human_bytes(f.total) + ")";
+    } else if (started && f.resumed && f.completed > 0) {
+      line += " (resuming at " + human_bytes(f.completed) + (f.total_known ? " of " + human_bytes(f.total) : "") + ")";
+    }
+    std::fprintf(out_, "%s\n", line.c_str());
+    last_status_ = f.status;
+  }
+  if (finished_now && !f.skipped) {
+    std::string line = f.status + ": done (" + human_bytes(f.total);
+    const double elapsed = f.done_s - f.first_s;
+    if (elapsed >= 1.0 && f.completed > f.first_completed) {
+      line += " in " + format_duration(elapsed) + ", " +
+              rate_text(static_cast<double>(f.completed - f.first_completed) / elapsed);
+    }
+    std::fprintf(out_, "%s)\n", line.c_str());
+  }
+  std::fflush(out_);
+}
+
+std::optional<double> ProgressRenderer::file_rate(const File& f) const {
+  if (f.server_rate) return f.server_rate;
+  return f.rate.rate();
+}
+
+size_t ProgressRenderer::n_files() const { return std::max({plan_n_files_, plan_files_.size(), files_.size()}); }
+
+size_t ProgressRenderer::n_done() const {
+  return static_cast<size_t>(std::count_if(files_.begin(), files_.end(), [](const File& f) { return f.done; }));
+}
+
+uint64_t ProgressRenderer::total_bytes() const {
+  uint64_t sum = 0;
+  for (const auto& f : files_) sum += f.total_known ? f.total : f.completed;
+  for (const auto& [name, bytes] : plan_files_) {
+    if (std::none_of(files_.begin(), files_.end(), [&](const File& f) { return f.key == name; })) sum += bytes;
+  }
+  return std::max(plan_bytes_, sum);
+}
+
+uint64_t ProgressRenderer::completed_bytes() const {
+  uint64_t sum = 0;
+  for (const auto& f : files_) sum += f.total_known ? std::min(f.completed, f.total) : f.completed;
+  return std::min(sum, total_bytes());
+}
+
+std::vector<std::string> ProgressRenderer::frame_lines(int width_cols) const {
+  const size_t width = static_cast<size_t>(std::max(width_cols - 1, 1));  // the last column would wrap
+  std::vector<std::string> lines;
+  const size_t n = n_files(), done = n_done();
+  if (!header_.empty()) {
+    std::string h = header_;
+    if (n > 0) h += " (" + std::to_string(done) + "/" + std::to_string(n) + (n == 1 ? " file)" : " files)");
+    lines.push_back(fit_end(h, width));
+  }
+
+  // The files on screen: all of them, or the unfinished ones and the most recently finished.
+  std::vector<const File*> shown;
+  for (const auto& f : files_) shown.push_back(&f);
+  if (shown.size() > kMaxFileLines) {
+    std::vector<const File*> active, finished;
+    for (const File* f : shown) (f->done ? finished : active).push_back(f);
+    std::stable_sort(finished.begin(), finished.end(),
+                     [](const File* a, const File* b) { return a->done_s > b->done_s; });
+    if (active.size() > kMaxFileLines) active.erase(active.begin(), active.end() - kMaxFileLines);
+    finished.resize(std::min(finished.size(), kMaxFileLines - active.size()));
+    shown = active;
+    shown.insert(shown.end(), finished.begin(), finished.end());
+    std::sort(shown.begin(), shown.end(), [](const File* a, const File* b) { return a->order < b->order; });
+  }
+
+  std::vector<BarRow> rows;
+  for (const File* f : shown) {
+    BarRow r;
+    r.label = f->label;
+    r.known = f->total_known;
+    r.fraction = f->total > 0 ? static_cast<double>(std::min(f->completed, f->total)) / static_cast<double>(f->total)
+                              : (f->done ? 1.0 : 0.0);
+    r.bytes = f->total_known ? human_bytes(std::min(f->completed, f->total)) + "/" + human_bytes(f->total)
+                             : human_bytes(f->completed);
+    if (f->done) {
+      const double elapsed = f->done_s - f->first_s;
+      if (!f->skipped && elapsed > 0 && f->completed > f->first_completed) {
+        r.rate = rate_text(static_cast<double>(f->completed - f->first_completed) / elapsed);
+      } else if (!f->skipped) {
+        r.rate = rate_text(file_rate(*f));
+      }
+      r.eta = "done";
+    } else {
+      const auto rate = file_rate(*f);
+      r.rate = rate_text(rate);
+      if (f->total_known) r.eta = eta_for(f->total - std::min(f->completed, f->total), rate);
+    }
+    rows.push_back(std::move(r));
+  }
+
+  if (!header_.empty() || plan_bytes_ > 0 || plan_n_files_ > 0 || files_.size() > 1) {
+    BarRow r;
+    r.label = "total";
+    const uint64_t total = total_bytes(), completed = completed_bytes();
+    const bool all_done = n > 0 && done >= n;
+    r.fraction = total > 0 ? static_cast<double>(completed) / static_cast<double>(total) : (all_done ? 1.0 : 0.0);
+    r.bytes = human_bytes(completed) + "/" + human_bytes(total);
+    if (all_done) {
+      const double elapsed = last_transfer_s_ - first_transfer_s_;
+      if (transferred_bytes_ > 0 && first_transfer_s_ >= 0 && elapsed > 0) {
+        r.rate = rate_text(static_cast<double>(transferred_bytes_) / elapsed);
+      }
+      r.eta = "done";
+    } else {
+      // The client-side rate over the window; until it has one, what the server says per file.
+      std::optional<double> rate = total_rate_.rate();
+      if (!rate) {
+        for (const auto& f : files_) {
+          if (!f.done && f.server_rate) rate = rate.value_or(0) + *f.server_rate;
+        }
+      }
+      r.rate = rate_text(rate);
+      r.eta = eta_for(total - completed, rate);
+    }
+    rows.push_back(std::move(r));
+  }
+  for (auto& line : layout_bars(rows, width)) lines.push_back(std::move(line));
+  if (!stage_.empty()) lines.push_back(fit_end(stage_, width));
+  return lines;
+}
+
+void ProgressRenderer::draw(bool force) {
+  const double t = now();
+  if (!force && last_draw_s_ >= 0 && t - last_draw_s_ < kMinRedrawS) {
+    dirty_ = true;
+    return;
+  }
+  const std::vector<std::string> lines = frame_lines(options_.width > 0 ? options_.width : terminal_width(out_));
+  if (lines.empty() && drawn_lines_ == 0) return;
+  // Back to the frame's first line, then each line over the old one, erasing what is left of it.
+  std::string s;
+  if (drawn_lines_ > 0) s += "\x1b[" + std::to_string(drawn_lines_) + "A";
+  s += "\r";
+  for (const auto& line : lines) s += line + "\x1b[K\n";
+  if (lines.size() < drawn_lines_) s += "\x1b[J";  // the old frame was taller
+  std::fwrite(s.data(), 1, s.size(), out_);
+  std::fflush(out_);
+  drawn_lines_ = lines.size();
+  last_draw_s_ = t;
+  dirty_ = false;
+}
+
+void ProgressRenderer::finish() {
+  if (tty_ && (dirty_ || drawn_lines_ > 0)) draw(/*force=*/true);
+  std::fflush(out_);
+  // Start afresh: a later event opens a new frame below this one.
+  ProgressRenderer fresh(out_, tty_, std::move(options_));
+  *this = std::move(fresh);
 }
 
 void JobRenderer::on_event(const json& ev) {

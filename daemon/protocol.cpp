@@ -569,6 +569,28 @@ DatasetAddRequest DatasetAddRequest::from_json(const json& j) {
 
 json DatasetAddRequest::to_json() const { return json{{"name", name}, {"files", files}}; }
 
+DatasetPullRequest DatasetPullRequest::from_json(const json& j) {
+  require_object(j);
+  DatasetPullRequest r;
+  r.source = opt_string(j, "source");
+  if (r.source.empty()) throw RequestError("field \"source\" (a Hub dataset repo org/name or an http(s) URL) is required");
+  if (auto it = j.find("files"); it != j.end() && !it->is_null()) r.files = string_or_list(*it, "files");
+  r.name = opt_string(j, "name");
+  r.revision = opt_string(j, "revision");
+  r.sha256 = opt_string(j, "sha256");
+  r.stream = opt_bool(j, "stream", true);
+  return r;
+}
+
+json DatasetPullRequest::to_json() const {
+  json j = {{"source", source}, {"stream", stream}};
+  if (!files.empty()) j["files"] = files;
+  if (!name.empty()) j["name"] = name;
+  if (!revision.empty()) j["revision"] = revision;
+  if (!sha256.empty()) j["sha256"] = sha256;
+  return j;
+}
+
 std::string rfc3339_utc(int64_t unix_seconds) {
   std::time_t t = static_cast<std::time_t>(unix_seconds);
   std::tm tm{};

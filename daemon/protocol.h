@@ -181,6 +181,20 @@ struct DatasetAddRequest {
   nlohmann::json to_json() const;
 };
 
+// POST /api/datasets/pull: fetch text/JSONL files from a Hub dataset repo ("org/name[@rev]",
+// "datasets/org/name") or one plain http(s) URL, and register them as NAME. Streams NDJSON like
+// /api/pull.
+struct DatasetPullRequest {
+  std::string source;                     // Hub dataset repo or URL
+  std::vector<std::string> files;         // files of the repo (required for a repo; none for a URL)
+  std::string name;                       // optional: default from the repo name or the URL's file
+  std::string revision;                   // optional, Hub only
+  std::string sha256;                     // optional, URL only: expected sha256 hex of the file
+  bool stream = true;
+  static DatasetPullRequest from_json(const nlohmann::json& j);
+  nlohmann::json to_json() const;
+};
+
 // ---- responses -------------------------------------------------------------------------------
 struct FileEntry {
   std::string name;       // file name inside the model folder

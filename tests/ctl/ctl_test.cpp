@@ -100,6 +100,258 @@ TEST(Render, PlainProgressPrintsStatusChangesOnly) {
             "evil\\x1b]0;title\\x07\n");
 }
 
+// ---- pull progress ---------------------------------------------------------------------------
+
+// A ProgressRenderer on a memstream with a clock the test sets.
+class ProgressFixture {
+ public:
+  explicit ProgressFixture(bool tty, int width = 100) {
+    file_ = open_memstream(&buf_, &len_);
+    ProgressRenderer::Options options;
+    options.now_s = [this] { return now_s; };
+    options.width = width;
+    renderer_ = std::make_unique<ProgressRenderer>(file_, tty, options);
+  }
+  ~ProgressFixture() {
+    renderer_.reset();
+    std::fclose(file_);
+    std::free(buf_);
+  }
+  ProgressRenderer& r() { return *renderer_; }
+  // Sets the clock, then feeds the event.
+  void at(double t_s, const nlohmann::json& ev) {
+    now_s = t_s;
+    renderer_->on_event(ev);
+  }
+  std::string text() {
+    std::fflush(file_);
+    return std::string(buf_, len_);
+  }
+  double now_s = 0;
+
+ private:
+  char* buf_ = nullptr;
+  size_t len_ = 0;
+  FILE* file_;
+  std::unique_ptr<ProgressRenderer> renderer_;
+};
+
+nlohmann::json file_event(const std::string& file, int index, uint64_t total, uint64_t completed, int n_files = 3) {
+  return {{"event", "progress"}, {"status", "pulling " + file}, {"file", file}, {"file_index", index},
+          {"n_files", n_files},  {"total", total},               {"completed", completed}};
+}
+
+nlohmann::json pull_plan() {
+  return {{"event", "progress"},
+          {"status", "pulling org/name@0123abc"},
+          {"model", "name:tag"},
+          {"total", 1000000123 + 2000},
+          {"n_files", 3},
+          {"files", {{{"file", "config.json"}, {"total", 123}},
+                     {{"file", "model.safetensors"}, {"total", 1000000000}},
+                     {{"file", "tokenizer.json"}, {"total", 2000}}}}};
+}
+
+std::string joined(const std::vector<std::string>& lines) {
+  std::string s;
+  for (const auto& l : lines) s += l + "\n";
+  return s;
+}
+
+TEST(PullProgress, RateWindowAveragesOverTheLastSeconds) {
+  ProgressRenderer::RateWindow w;
+  EXPECT_FALSE(w.rate());
+  w.add(0, 0);
+  EXPECT_FALSE(w.rate());  // one sample says nothing
+  w.add(0.1, 100);
+  EXPECT_FALSE(w.rate());  // nor 0.1 s
+  for (int t = 1; t <= 10; ++t) w.add(t, static_cast<uint64_t>(t) * 100);
+  EXPECT_DOUBLE_EQ(*w.rate(), 100.0);
+  w.add(11, 1000);  // a stall: the window (t >= 7, from the sample at 7) sees it
+  w.add(12, 1000);
+  EXPECT_DOUBLE_EQ(*w.rate(), 60.0);  // (1000 - 700) / 5
+  w.add(13, 10);                       // the count went back (a restarted file): start over
+  EXPECT_FALSE(w.rate());
+}
+
+TEST(PullProgress, TtyFrameHasABarPerFileAndASummedTotal) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true, /*width=*/100);
+  p.at(0, json{{"event", "progress"}, {"status", "resolving org/name@main"}});
+  p.at(0.5, pull_plan());
+  p.at(1, file_event("config.json", 1, 123, 123));
+  p.at(1, file_event("model.safetensors", 2, 1000000000, 0));
+  p.at(2, file_event("model.safetensors", 2, 1000000000, 100000000));
+  p.at(3, file_event("model.safetensors", 2, 1000000000, 200000000));
+  // model.safetensors: 100 MB/s over the last 2 s, 800 MB left: 8 s. The total sums the plan's
+  // files (1,000,002,123 bytes) and has 200,000,123 of them.
+  EXPECT_EQ(joined(p.r().frame_lines(100)),
+            "pulling org/name@0123abc (1/3 files)\n"
+            "config.json        [==============================] 100%    123 B/123 B             done\n"
+            "model.safetensors  [======>                       ]  20%  200 MB/1.0 GB   100 MB/s  ETA 8s\n"
+            "total              [=====>                        ]  19%  200 MB/1.0 GB   100 MB/s  ETA 8s\n");
+  // A server rate wins for its file; the total keeps its own.
+  json ev = file_event("model.safetensors", 2, 1000000000, 300000000);
+  ev["rate"] = 50000000;
+  p.at(4, ev);
+  auto lines = p.r().frame_lines(100);
+  EXPECT_NE(lines[2].find(" 30%  300 MB/1.0 GB  50.0 MB/s  ETA 14s"), std::string::npos) << lines[2];
+  EXPECT_NE(lines[3].find(" 29%  300 MB/1.0 GB   100 MB/s  ETA 7s"), std::string::npos) << lines[3];
+  // Finished: average rates, "done" everywhere.
+  p.at(5, file_event("model.safetensors", 2, 1000000000, 1000000000));
+  p.at(5, file_event("tokenizer.json", 3, 2000, 2000));
+  p.at(6, json{{"event", "progress"}, {"status", "verifying sha256 digest"}});
+  EXPECT_EQ(joined(p.r().frame_lines(100)),
+            "pulling org/name@0123abc (3/3 files)\n"
+            "config.json        [==============================] 100%    123 B/123 B             done\n"
+            "model.safetensors  [==============================] 100%  1.0 GB/1.0 GB   250 MB/s  done\n"
+            "tokenizer.json     [==============================] 100%  2.0 kB/2.0 kB             done\n"
+            "total              [==============================] 100%  1.0 GB/1.0 GB   250 MB/s  done\n"
+            "verifying sha256 digest\n");
+}
+
+TEST(PullProgress, TtyRedrawsInPlaceAtMostTenTimesASecond) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true, /*width=*/80);
+  p.at(0, json{{"event", "progress"}, {"status", "pulling m:t"}, {"total", 100}, {"n_files", 1}});
+  p.at(0.05, file_event("a.gguf", 1, 100, 0, 1));    // too soon after the first frame
+  p.at(0.06, file_event("a.gguf", 1, 100, 10, 1));   // still too soon
+  p.at(0.2, file_event("a.gguf", 1, 100, 50, 1));    // drawn
+  p.at(0.25, file_event("a.gguf", 1, 100, 100, 1));  // too soon; finish() draws it
+  p.r().finish();
+  const std::string out = p.text();
+  // Frames: the plan (2 lines), 50% (3 lines) and the last (3 lines); each later one goes back up.
+  size_t frames = 0;
+  for (size_t pos = 0; (pos = out.find('\r', pos)) != std::string::npos; ++pos) ++frames;
+  EXPECT_EQ(frames, 3u) << out;
+  EXPECT_NE(out.find("\x1b[2A\r"), std::string::npos) << out;
+  EXPECT_NE(out.find("\x1b[3A\r"), std::string::npos) << out;
+  EXPECT_EQ(out.find(" 10%"), std::string::npos) << out;  // never drawn
+  EXPECT_NE(out.find(" 50%"), std::string::npos) << out;
+  EXPECT_EQ(out.substr(out.rfind("\x1b[3A")),
+            "\x1b[3A\r"
+            "pulling m:t (1/1 file)\x1b[K\n"
+            "a.gguf  [==============================] 100%    100 B/100 B    500 B/s  done\x1b[K\n"
+            "total   [==============================] 100%    100 B/100 B    500 B/s  done\x1b[K\n");
+  // Each line is erased to its end; nothing is left pending.
+  EXPECT_EQ(out.back(), '\n');
+}
+
+TEST(PullProgress, StageChangesRedrawAtOnceAndAShorterFrameErasesTheRest) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true, /*width=*/80);
+  p.at(0, json{{"event", "progress"}, {"status", "waiting for another pull of org/name@main"}});
+  p.at(0.01, json{{"event", "progress"}, {"status", "resolving org/name@main"}});
+  const std::string out = p.text();
+  EXPECT_EQ(out, "\rwaiting for another pull of org/name@main\x1b[K\n\x1b[1A\rresolving org/name@main\x1b[K\n");
+}
+
+TEST(PullProgress, NarrowTerminalsCutNamesAndDropColumns) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true);
+  p.at(0, pull_plan());
+  p.at(0, file_event("model-00001-of-00004.safetensors", 1, 1000000000, 0));
+  p.at(2, file_event("model-00001-of-00004.safetensors", 1, 1000000000, 500000000));
+  for (int width : {200, 80, 60, 40, 30, 12, 1}) {
+    for (const auto& line : p.r().frame_lines(width)) {
+      EXPECT_LE(line.size(), static_cast<size_t>(std::max(width - 1, 1))) << width << ": " << line;
+    }
+  }
+  auto at = [&](int width) { return p.r().frame_lines(width)[1]; };
+  EXPECT_EQ(at(200), "model-00001-of-00004.safetensors  [===============>              ]  50%  500 MB/1.0 GB   250 MB/s  ETA 2s");
+  EXPECT_EQ(at(80), "model-00001....safetensors  [=====>    ]  50%  500 MB/1.0 GB   250 MB/s  ETA 2s");
+  EXPECT_EQ(at(60), "model-0...tensors  [=====>    ]  50%  500 MB/1.0 GB  ETA 2s");  // no rate
+  EXPECT_EQ(at(40), "model-00...fetensors  [=====>    ]  50%");                       // no bytes
+  EXPECT_EQ(at(30), "mod...sors  [=====>    ]  50%");
+  EXPECT_EQ(at(12), "m...rs  50%");                                                    // no bar
+  // The status line is cut at its end.
+  EXPECT_EQ(p.r().frame_lines(20)[0], "pulling org/name...");
+}
+
+TEST(PullProgress, SkippedAndResumedFilesAndZeroTotals) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true, /*width=*/100);
+  p.at(0, json{{"event", "progress"}, {"status", "pulling e:t"}, {"total", 0}, {"n_files", 2}});
+  EXPECT_EQ(p.r().frame_lines(100)[1], "total  [>                             ]   0%        0 B/0 B");  // no division by zero
+  json skipped = file_event("big.bin", 1, 5000, 5000, 2);
+  skipped["status"] = "already have big.bin";
+  skipped["skipped"] = true;
+  p.at(1, skipped);
+  json empty = file_event("empty.txt", 2, 0, 0, 2);
+  p.at(2, empty);
+  const auto lines = p.r().frame_lines(100);
+  EXPECT_EQ(joined(lines),
+            "pulling e:t (2/2 files)\n"
+            "big.bin    [==============================] 100%  5.0 kB/5.0 kB  done\n"
+            "empty.txt  [==============================] 100%        0 B/0 B  done\n"
+            "total      [==============================] 100%  5.0 kB/5.0 kB  done\n");
+
+  // A resumed file: its rate and the total's count only the bytes moved now.
+  ProgressFixture q(/*tty=*/true, /*width=*/100);
+  json resumed = file_event("w.bin", 1, 1000000, 600000);
+  resumed["resumed"] = true;
+  q.at(0, resumed);
+  q.at(1, file_event("w.bin", 1, 1000000, 700000));
+  q.at(2, file_event("w.bin", 1, 1000000, 800000));
+  EXPECT_EQ(q.r().frame_lines(100)[0], "w.bin  [========================>     ]  80%  800 kB/1.0 MB   100 kB/s  ETA 2s");
+}
+
+TEST(PullProgress, AtMostTenFileLinesTheFinishedOnesGivingWayFirst) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true, /*width=*/100);
+  p.at(0, json{{"event", "progress"}, {"status", "pulling many"}, {"n_files", 12}});
+  for (int i = 1; i <= 12; ++i) {
+    const std::string name = "f" + std::to_string(i) + ".txt";
+    p.at(i, file_event(name, i, 1000, 0));
+    if (i < 12) p.at(i + 0.5, file_event(name, i, 1000, 1000));
+  }
+  const auto lines = p.r().frame_lines(100);
+  ASSERT_EQ(lines.size(), 12u);  // status, 10 files, total
+  EXPECT_EQ(lines[0], "pulling many (11/12 files)");
+  EXPECT_EQ(lines[1].substr(0, 7), "f3.txt ");  // f1 and f2 finished first: gone
+  EXPECT_EQ(lines[10].substr(0, 7), "f12.txt");
+  EXPECT_EQ(lines[11].substr(0, 5), "total");
+  EXPECT_NE(lines[11].find("11.0 kB/12.0 kB"), std::string::npos) << lines[11];
+}
+
+TEST(PullProgress, PlainPrintsStatusesAndEachFinishedFile) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/false);
+  p.at(0, pull_plan());
+  json skipped = file_event("config.json", 1, 123, 123);
+  skipped["status"] = "already have config.json";
+  skipped["skipped"] = true;
+  p.at(0, skipped);
+  json resumed = file_event("model.safetensors", 2, 1000000000, 400000000);
+  resumed["resumed"] = true;
+  p.at(0, resumed);
+  p.at(1, file_event("model.safetensors", 2, 1000000000, 700000000));
+  p.at(2, file_event("model.safetensors", 2, 1000000000, 1000000000));
+  p.at(2, file_event("model.safetensors", 2, 1000000000, 1000000000));  // repeated: once
+  p.at(2, file_event("tokenizer.json", 3, 2000, 2000));
+  p.at(3, json{{"event", "progress"}, {"status", "verifying sha256 digest"}});
+  p.at(3, json{{"event", "progress"}, {"status", "writing \x1b[31mblobs"}});
+  p.r().finish();
+  EXPECT_EQ(p.text(),
+            "pulling org/name@0123abc\n"
+            "already have config.json (123 B)\n"
+            "pulling model.safetensors (resuming at 400 MB of 1.0 GB)\n"
+            "pulling model.safetensors: done (1.0 GB in 2s, 300 MB/s)\n"
+            "pulling tokenizer.json\n"
+            "pulling tokenizer.json: done (2.0 kB)\n"
+            "verifying sha256 digest\n"
+            "writing \\x1b[31mblobs\n");
+}
+
+TEST(PullProgress, NamesFromTheServerAreEscaped) {
+  using nlohmann::json;
+  ProgressFixture p(/*tty=*/true, /*width=*/100);
+  p.at(0, file_event("evil\x1b]0;x\x07.bin", 1, 10, 5));
+  const std::string out = p.text();
+  EXPECT_EQ(out.find("\x1b]"), std::string::npos) << out;
+  EXPECT_NE(out.find("evil\\x1b]0;x\\x07.bin"), std::string::npos) << out;
+}
+
 TEST(Commands, ResolvePullSource) {
   test::TempDir dir;
   test::write_file(dir / "m.gguf", "x");
@@ -218,6 +470,96 @@ TEST(QuantizeArgs, TheBinaryExitsWithTheUsageCode) {
   r = test::run_command({gptqctl, "--socket", "/nonexistent/gptqd.sock", "jobs", "show", "0"});
   EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
   EXPECT_NE(r.output.find("0 is not a job ID"), std::string::npos) << r.output;
+}
+
+// ---- dataset pull: the command line ------------------------------------------------------------
+
+TEST(DatasetPullArgs, HubReposNeedFilesAndUrlsTakeNone) {
+  using nlohmann::json;
+  auto why = [](DatasetPullArgs a) -> std::string {
+    try {
+      make_dataset_pull_request(a);
+    } catch (const CtlError& e) {
+      EXPECT_EQ(e.exit_code, kExitUsage) << e.what();
+      return e.what();
+    }
+    return "accepted";
+  };
+  auto repo = [](std::string source, std::vector<std::string> files) {
+    DatasetPullArgs a;
+    a.source = std::move(source);
+    a.files = std::move(files);
+    return a;
+  };
+  EXPECT_EQ(why(repo("org/corpus", {"train.txt", "sub/valid.jsonl"})), "accepted");
+  EXPECT_EQ(why(repo("datasets/org/corpus@v1.0", {"train.txt"})), "accepted");
+  EXPECT_EQ(why(repo("https://example.com/a.txt", {})), "accepted");
+  EXPECT_EQ(why(repo("HTTP://example.com/a.txt", {})), "accepted");
+  EXPECT_EQ(why(repo("", {})), "dataset pull needs a SOURCE: a Hub dataset repo org/name[@rev] or an http(s) URL");
+  EXPECT_EQ(why(repo("org/corpus", {})),
+            "a Hub dataset repo needs the FILE(s) to fetch, e.g. gptqctl dataset pull org/corpus train.txt");
+  EXPECT_EQ(why(repo("corpus", {"a.txt"})),
+            "invalid SOURCE 'corpus': expected a Hub dataset repo org/name[@rev] (or datasets/org/name[@rev]) or an "
+            "http(s) URL");
+  EXPECT_EQ(why(repo("ftp://example.com/a.txt", {})).substr(0, 30), "invalid SOURCE 'ftp://example.");
+  EXPECT_EQ(why(repo("org/corpus", {"../secrets.txt"})), "invalid FILE '../secrets.txt': it has a '..' segment");
+  EXPECT_EQ(why(repo("org/corpus", {"a/../../b.txt"})), "invalid FILE 'a/../../b.txt': it has a '..' segment");
+  EXPECT_EQ(why(repo("org/corpus", {"/etc/passwd"})), "invalid FILE '/etc/passwd': it is absolute; give the path inside the repo");
+  EXPECT_EQ(why(repo("org/corpus", {"a//b.txt"})), "invalid FILE 'a//b.txt': it has an empty or '.' segment");
+  EXPECT_EQ(why(repo("org/corpus", {"a.txt", ""})), "invalid FILE '': it is empty");
+  EXPECT_EQ(why(repo("org/corpus", {"a\x1b.txt"})), "invalid FILE 'a\\x1b.txt': it contains a control character");
+  EXPECT_EQ(why(repo("org/corpus", {"a\\b.txt"})), "invalid FILE 'a\\b.txt': it contains '\\' (the Hub's paths use '/')");
+  EXPECT_EQ(why(repo("org/corpus", {"a..b.txt"})), "accepted");  // ".." inside a name is no segment
+  EXPECT_EQ(why(repo("https://example.com/a.txt", {"b.txt"})),
+            "a URL is one file: FILE arguments are for a Hub dataset repo (got b.txt)");
+  EXPECT_EQ(why(repo("https:///a.txt", {})), "invalid URL 'https:///a.txt' (expected http(s)://HOST/PATH, without spaces)");
+  EXPECT_EQ(why(repo("https://", {})), "invalid URL 'https://' (expected http(s)://HOST/PATH, without spaces)");
+  EXPECT_EQ(why(repo("https://a b/c", {})), "invalid URL 'https://a b/c' (expected http(s)://HOST/PATH, without spaces)");
+
+  DatasetPullArgs a = repo("https://example.com/a.txt", {});
+  a.sha256 = std::string(64, 'A');
+  protocol::DatasetPullRequest r = make_dataset_pull_request(a);
+  EXPECT_EQ(r.sha256, std::string(64, 'a'));  // sent lower-case
+  a.sha256 = std::string(63, 'a');
+  EXPECT_EQ(why(a), "--sha256 must be 64 hex digits (got '" + std::string(63, 'a') + "')");
+  a.sha256 = std::string(63, 'a') + "g";
+  EXPECT_NE(why(a).find("--sha256 must be 64 hex digits"), std::string::npos);
+  a.sha256 = "";
+  a.revision = "main";
+  EXPECT_EQ(why(a), "--revision is for a Hub dataset repo, not a URL");
+
+  DatasetPullArgs b = repo("org/corpus@v1", {"t.txt"});
+  b.sha256 = std::string(64, 'a');
+  EXPECT_EQ(why(b), "--sha256 is for a URL; files of a Hub repo are checked against the digests the Hub lists");
+  b.sha256 = "";
+  b.revision = "v2";
+  EXPECT_EQ(why(b), "two revisions: '@v1' in SOURCE and --revision v2");
+  b.revision = "v1";
+  EXPECT_EQ(why(b), "accepted");
+  b.name = "Bad Name";
+  EXPECT_NE(why(b).find("invalid dataset name 'Bad Name'"), std::string::npos);
+
+  DatasetPullArgs c = repo("datasets/org/corpus", {"train.txt", "valid.jsonl"});
+  c.name = "corpus";
+  c.revision = "main";
+  EXPECT_EQ(make_dataset_pull_request(c).to_json(),
+            (json{{"source", "datasets/org/corpus"}, {"files", {"train.txt", "valid.jsonl"}}, {"name", "corpus"},
+                  {"revision", "main"}, {"stream", true}}));
+}
+
+TEST(DatasetPullArgs, TheBinaryExitsWithTheUsageCode) {
+  const auto gptqctl = (test::binary_dir() / "ctl" / "gptqctl").string();
+  GPTQD_REQUIRE_FILE(gptqctl);
+  auto r = test::run_command({gptqctl, "--socket", "/nonexistent/gptqd.sock", "dataset", "pull", "org/corpus"});
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
+  EXPECT_NE(r.output.find("a Hub dataset repo needs the FILE(s) to fetch"), std::string::npos) << r.output;
+  r = test::run_command({gptqctl, "--socket", "/nonexistent/gptqd.sock", "dataset", "pull", "https://example.com/a.txt",
+                         "b.txt"});
+  EXPECT_EQ(r.exit_code, kExitUsage) << r.output;
+  // Valid arguments get as far as the (missing) daemon.
+  r = test::run_command({gptqctl, "--socket", "/nonexistent/gptqd.sock", "dataset", "pull", "org/corpus", "train.txt",
+                         "--name", "corpus"});
+  EXPECT_EQ(r.exit_code, kExitUnreachable) << r.output;
 }
 
 TEST(QuantizeArgs, RequestChecksRefTagAndTheDaemonsRules) {
@@ -809,6 +1151,141 @@ TEST_F(FakeDaemonTest, ShowPrintsTheQualityReportAndListMarksFailedTags) {
   EXPECT_NE(out.find("Perplexity    21.6312 -> 22.1034 (ratio 1.022, limit 1.5)\n"), std::string::npos) << out;
   EXPECT_NE(out.find("State         failed-quality\n"), std::string::npos) << out;  // the model's state wins
   EXPECT_NE(out.find("gptq-4b-g128 (failed-quality)"), std::string::npos) << out;
+}
+
+// ---- pulls against the fake daemon ------------------------------------------------------------
+
+std::vector<json> dataset_pull_events() {
+  return {json{{"event", "progress"}, {"status", "resolving org/corpus@main"}},
+          json{{"event", "progress"},
+               {"status", "pulling org/corpus@4f1c2d3"},
+               {"total", 1500},
+               {"n_files", 2},
+               {"files", {{{"file", "train.txt"}, {"total", 1000}}, {{"file", "valid.jsonl"}, {"total", 500}}}}},
+          json{{"event", "progress"}, {"status", "pulling train.txt"}, {"file", "train.txt"}, {"file_index", 1},
+               {"n_files", 2}, {"total", 1000}, {"completed", 0}},
+          json{{"event", "progress"}, {"status", "pulling train.txt"}, {"file", "train.txt"}, {"file_index", 1},
+               {"n_files", 2}, {"total", 1000}, {"completed", 1000}, {"rate", 2000.5}},
+          json{{"event", "progress"}, {"status", "already have valid.jsonl"}, {"file", "valid.jsonl"},
+               {"file_index", 2}, {"n_files", 2}, {"total", 500}, {"completed", 500}, {"skipped", true}},
+          json{{"event", "progress"}, {"status", "verifying sha256 digest"}}};
+}
+
+TEST_F(FakeDaemonTest, DatasetPullStreamsToTheDoneLine) {
+  serve([&](const Exchange&, local::socket& s) {
+    auto events = dataset_pull_events();
+    events.push_back(json{{"event", "done"}, {"status", "success"}, {"dataset", "corpus"}, {"files", 2}, {"size", 1500}});
+    send_events(s, events);
+  });
+  Context ctx = context();
+  DatasetPullArgs args{"org/corpus", {"train.txt", "valid.jsonl"}, "corpus", "", ""};
+  EXPECT_EQ(run([&] { return cmd_dataset_pull(ctx, args); }), kExitOk) << err_.text();
+  auto seen = daemon_->seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].method, "POST");
+  EXPECT_EQ(seen[0].target, "/api/datasets/pull");
+  json body = json::parse(seen[0].body);
+  EXPECT_EQ(body, (json{{"source", "org/corpus"}, {"files", {"train.txt", "valid.jsonl"}}, {"name", "corpus"},
+                        {"stream", true}}));
+  EXPECT_EQ(protocol::DatasetPullRequest::from_json(body).to_json(), body);  // the daemon reads what was meant
+  EXPECT_EQ(out_.text(), "pulled dataset corpus (2 file(s), 1.5 kB)\n");
+  EXPECT_EQ(err_.text(),
+            "resolving org/corpus@main\n"
+            "pulling org/corpus@4f1c2d3\n"
+            "pulling train.txt\n"
+            "pulling train.txt: done (1.0 kB)\n"
+            "already have valid.jsonl (500 B)\n"
+            "verifying sha256 digest\n");
+}
+
+TEST_F(FakeDaemonTest, DatasetPullJsonPrintsTheRawEvents) {
+  serve([&](const Exchange&, local::socket& s) {
+    auto events = dataset_pull_events();
+    events.push_back(json{{"event", "done"}, {"status", "success"}, {"dataset", "corpus"}, {"files", 2}, {"size", 1500}});
+    send_events(s, events);
+  });
+  Context ctx = context(/*json_output=*/true);
+  DatasetPullArgs args{"https://example.com/eval.txt", {}, "", "", std::string(64, 'f')};
+  EXPECT_EQ(run([&] { return cmd_dataset_pull(ctx, args); }), kExitOk) << err_.text();
+  EXPECT_EQ(json::parse(daemon_->seen().at(0).body)["sha256"], std::string(64, 'f'));
+  const std::string out = out_.text();
+  EXPECT_EQ(std::count(out.begin(), out.end(), '\n'), 7);
+  EXPECT_EQ(json::parse(out.substr(out.rfind('\n', out.size() - 2) + 1))["dataset"], "corpus");
+  EXPECT_EQ(err_.text(), "");
+}
+
+TEST_F(FakeDaemonTest, DatasetPullErrorsAreExitOneWithTheMessage) {
+  std::vector<std::function<void(local::socket&)>> answers = {
+      [](local::socket& s) {
+        auto events = dataset_pull_events();
+        events.resize(3);
+        events.push_back(json{{"event", "error"}, {"error", "train.txt: sha256 mismatch (expected ab12, got cd34)"}});
+        send_events(s, events);
+      },
+      [](local::socket& s) { send_error(s, 400, "file 'nope.txt' is not in org/corpus@main"); },
+      [](local::socket& s) { send_events(s, dataset_pull_events()); },  // the daemon went away
+  };
+  size_t i = 0;
+  serve([&](const Exchange&, local::socket& s) { answers[i++](s); });
+  Context ctx = context();
+  DatasetPullArgs args{"org/corpus", {"train.txt"}, "", "", ""};
+  for (const char* expected : {"gptqctl: dataset pull failed: train.txt: sha256 mismatch (expected ab12, got cd34)\n",
+                               "gptqctl: file 'nope.txt' is not in org/corpus@main\n",
+                               "gptqctl: the dataset pull ended without a result (did the daemon stop?)\n"}) {
+    const size_t before = err_.text().size();
+    EXPECT_EQ(run([&] { return cmd_dataset_pull(ctx, args); }), kExitFailed);
+    std::string err = err_.text().substr(before);
+    EXPECT_EQ(err.substr(err.rfind("gptqctl:")), expected);
+  }
+  EXPECT_EQ(out_.text(), "");
+}
+
+TEST_F(FakeDaemonTest, CtrlCEndsADatasetPull) {
+  serve([&](const Exchange&, local::socket& s) {
+    send_events(s, dataset_pull_events(), /*last=*/false);  // ...and the download goes on
+    wait_for_hangup(s);  // the daemon cancels a pull whose client went away
+  });
+  err_.trigger = "pulling train.txt: done";
+  Context ctx = context();
+  DatasetPullArgs args{"org/corpus", {"train.txt"}, "", "", ""};
+  EXPECT_EQ(run([&] { return cmd_dataset_pull(ctx, args); }), 130);
+  EXPECT_NE(err_.text().find("gptqctl: dataset pull interrupted (gptqd stops it when its client goes away)\n"),
+            std::string::npos)
+      << err_.text();
+  EXPECT_FALSE(take_interrupt());
+  EXPECT_EQ(out_.text(), "");
+}
+
+TEST_F(FakeDaemonTest, PullFromTheHubSendsTheRepoAndPrintsTheModel) {
+  serve([&](const Exchange&, local::socket& s) {
+    send_events(s, {json{{"event", "progress"}, {"status", "pulling org/name@0123abc"}, {"model", "name:bf16"},
+                         {"total", 2123}, {"n_files", 2}},
+                    json{{"event", "progress"}, {"status", "pulling config.json"}, {"file", "config.json"},
+                         {"file_index", 1}, {"n_files", 2}, {"total", 123}, {"completed", 123}},
+                    json{{"event", "progress"}, {"status", "pulling model.safetensors"}, {"file", "model.safetensors"},
+                         {"file_index", 2}, {"n_files", 2}, {"total", 2000}, {"completed", 2000}},
+                    json{{"event", "progress"}, {"status", "writing blobs"}},
+                    json{{"event", "done"}, {"status", "success"}, {"model", "name:bf16"}, {"architecture", "llama"},
+                         {"n_params", 134515008}, {"dtype", "BF16"}, {"size", 2123}}});
+  });
+  Context ctx = context();
+  EXPECT_EQ(run([&] { return cmd_pull(ctx, PullArgs{"org/name", "", "main"}); }), kExitOk) << err_.text();
+  auto seen = daemon_->seen();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0].target, "/api/pull");
+  json body = json::parse(seen[0].body);
+  EXPECT_EQ(body, (json{{"model", "org/name"}, {"revision", "main"}, {"stream", true}}));
+  protocol::PullRequest parsed = protocol::PullRequest::from_json(body);
+  EXPECT_EQ(parsed.source, "org/name");
+  EXPECT_EQ(parsed.revision, "main");
+  EXPECT_EQ(out_.text(), "pulled name:bf16 (llama, 135M params, BF16, 2.1 kB)\n");
+  EXPECT_EQ(err_.text(),
+            "pulling org/name@0123abc\n"
+            "pulling config.json\n"
+            "pulling config.json: done (123 B)\n"
+            "pulling model.safetensors\n"
+            "pulling model.safetensors: done (2.0 kB)\n"
+            "writing blobs\n");
 }
 
 class ExportTest : public FakeDaemonTest {
