@@ -16,6 +16,7 @@
 #include <exception>
 #include <memory>
 #include <optional>
+#include <thread>
 #include <type_traits>
 
 namespace gptqd::daemon {
@@ -56,10 +57,12 @@ class AsyncQueue {
   asio::steady_timer signal_;
 };
 
-// Runs `fn` on `pool` and resumes the calling coroutine on its own executor with the result
-// (or rethrows what `fn` threw).
-template <typename Fn>
-asio::awaitable<std::invoke_result_t<Fn>> run_blocking(asio::thread_pool& pool, Fn fn) {
+namespace detail {
+
+// Runs `fn` where `launch` puts it and resumes the calling coroutine on its own executor with
+// the result (or rethrows what `fn` threw).
+template <typename Fn, typename Launch>
+asio::awaitable<std::invoke_result_t<Fn>> run_elsewhere(Fn fn, Launch launch) {
   using R = std::invoke_result_t<Fn>;
   auto exec = co_await asio::this_coro::executor;
   struct State {
@@ -68,7 +71,7 @@ asio::awaitable<std::invoke_result_t<Fn>> run_blocking(asio::thread_pool& pool, 
   };
   auto state = std::make_shared<State>();
   auto done = std::make_shared<AsyncQueue<bool>>(exec);
-  asio::post(pool, [state, done, exec, fn = std::move(fn)]() mutable {
+  launch([state, done, exec, fn = std::move(fn)]() mutable {
     try {
       if constexpr (std::is_void_v<R>) {
         fn();
@@ -84,6 +87,33 @@ asio::awaitable<std::invoke_result_t<Fn>> run_blocking(asio::thread_pool& pool, 
   co_await done->pop();
   if (state->error) std::rethrow_exception(state->error);
   if constexpr (!std::is_void_v<R>) co_return std::move(*state->value);
+}
+
+struct PostTo {
+  asio::thread_pool* pool;
+  template <typename Task>
+  void operator()(Task task) const { asio::post(*pool, std::move(task)); }
+};
+
+struct NewThread {
+  template <typename Task>
+  void operator()(Task task) const { std::thread(std::move(task)).detach(); }
+};
+
+}  // namespace detail
+
+// Runs `fn` on `pool` and resumes the calling coroutine on its own executor with the result
+// (or rethrows what `fn` threw).
+template <typename Fn>
+asio::awaitable<std::invoke_result_t<Fn>> run_blocking(asio::thread_pool& pool, Fn fn) {
+  return detail::run_elsewhere(std::move(fn), detail::PostTo{&pool});
+}
+
+// Like run_blocking, but on a thread of its own: for work that blocks for minutes (downloads),
+// which must not occupy the pool that short blocking work shares.
+template <typename Fn>
+asio::awaitable<std::invoke_result_t<Fn>> run_on_thread(Fn fn) {
+  return detail::run_elsewhere(std::move(fn), detail::NewThread{});
 }
 
 }  // namespace gptqd::daemon

@@ -15,6 +15,8 @@
 #include <cstring>
 #include <cstdlib>
 #include <ctime>
+#include <filesystem>
+#include <set>
 #include <thread>
 #include <vector>
 
@@ -22,6 +24,7 @@
 #include <boost/asio/post.hpp>
 
 #include "daemon/handlers.h"
+#include "daemon/hub_pull.h"
 #include "daemon/log.h"
 #include "engine/error.h"
 
@@ -30,6 +33,7 @@ namespace {
 
 constexpr auto kShutdownGrace = std::chrono::seconds(10);
 constexpr int kCudaProbeTimeoutMs = 10000;
+constexpr int64_t kPartialMaxAgeS = 30 * 24 * 3600;
 
 int64_t steady_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
@@ -138,9 +142,24 @@ void Daemon::open_state() {
   if (int n = registry_->fail_running_jobs("interrupted: the daemon stopped while this job ran"); n > 0) {
     log_warn("marked ", n, " interrupted job(s) as failed");
   }
-  for (const auto& removed : blobs_->sweep(registry_->blob_digests())) {
+  // Hub downloads resume from their partials; one untouched for kPartialMaxAgeS, or whose
+  // partial is gone, is forgotten.
+  std::set<std::string> keep_partials;
+  for (const auto& dl : registry_->downloads()) {
+    std::error_code ec;
+    const bool exists = std::filesystem::is_regular_file(blobs_->partial_path(dl.key), ec);
+    if (!exists || std::time(nullptr) - dl.updated_at > kPartialMaxAgeS) {
+      registry_->remove_download(dl.key);
+      log_info("forgot the interrupted download of ", dl.source, exists ? " (untouched for 30 days)" : " (its partial is gone)");
+      continue;
+    }
+    keep_partials.insert(blobs_->partial_path(dl.key).filename().string());
+    log_info("keeping the partial download of ", dl.source, " for a resume");
+  }
+  for (const auto& removed : blobs_->sweep(registry_->blob_digests(), keep_partials)) {
     log_info("removed leftover ", removed, " (from an interrupted import)");
   }
+  hub_ = std::make_unique<HubPulls>(*this);
 }
 
 void Daemon::start_gpu_probe() {

@@ -36,6 +36,8 @@ struct GpuProbe {
   kernels::cuda::CudaProbeResult result;  // valid when done
 };
 
+class HubPulls;
+
 class Daemon {
  public:
   explicit Daemon(DaemonConfig cfg);
@@ -52,6 +54,7 @@ class Daemon {
   BlobStore& blobs() { return *blobs_; }
   DeviceWorker& worker() { return *worker_; }
   JobManager& jobs() { return *jobs_; }
+  HubPulls& hub() { return *hub_; }
   int64_t started_at() const { return started_at_; }
   bool stopping() const { return stopping_; }
   const GpuProbe& gpu_probe() const { return gpu_probe_; }
@@ -81,6 +84,7 @@ class Daemon {
   std::unique_ptr<BlobStore> blobs_;
   std::unique_ptr<DeviceWorker> worker_;
   std::unique_ptr<JobManager> jobs_;
+  std::unique_ptr<HubPulls> hub_;
   std::unique_ptr<HttpServer> server_;
   std::unique_ptr<asio::signal_set> signals_;
   std::unique_ptr<asio::steady_timer> grace_timer_;

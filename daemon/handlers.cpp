@@ -7,13 +7,15 @@
 //   GET    /api/tags         {"models": [ModelEntry...]}
 //   POST   /api/show         {"model"} -> ModelEntry with config and files (+ kernel plan of GPTQ)
 //   DELETE /api/delete       {"model"} -> {"status", "model", "freed_bytes"}        (admin)
-//   POST   /api/pull         {"model": SOURCE, "name"?, "stream"?} -> NDJSON events   (admin)
+//   POST   /api/pull         {"model": SOURCE (path or ORG/NAME[@REV]), "name"?, "revision"?, "stream"?}
+//                            -> NDJSON events                                             (admin)
 //   POST   /api/generate     Ollama generate (NDJSON stream or one object)
 //   POST   /api/chat         Ollama chat (NDJSON stream or one object)
 //   GET    /api/ps           models loaded on the device
 //   POST   /api/eval         perplexity job: {"model", "dataset", "seqlen", "max_windows"} -> NDJSON
 //   GET    /api/datasets     registered datasets
 //   POST   /api/datasets     {"name", "files": [abs paths]}                           (admin)
+//   POST   /api/datasets/pull {"source": ORG/NAME | URL, "files"?, "name"?, ...} -> NDJSON (admin)
 //   POST   /api/quantize     QuantizeRequest -> {"job", ...} or, with "stream", NDJSON   (admin)
 //   GET    /api/jobs         {"jobs": [...]};  GET /api/jobs/{id}[?stream=true]: one job / its events
 //   DELETE /api/jobs/{id}    cancel                                                   (admin)
@@ -34,6 +36,7 @@
 #include "daemon/handler_support.h"
 #include "daemon/blob_store.h"
 #include "daemon/daemon.h"
+#include "daemon/hub_pull.h"
 #include "daemon/importer.h"
 #include "daemon/log.h"
 #include "daemon/protocol.h"
@@ -119,12 +122,17 @@ awaitable<void> handle_pull(Daemon& d, Request& req, ResponseWriter& w) {
   auto r = parse_request<protocol::PullRequest>(req);
   const std::filesystem::path source(r.source);
   if (!source.is_absolute()) {
-    if (r.source.find('/') != std::string::npos && !std::filesystem::exists(source)) {
-      fail(ErrorCode::unsupported, "'", r.source,
-           "' is not a local path; pulling from the Hugging Face Hub is not available in this gptqd yet. "
-           "Download the model and pull its folder, or pull a .gguf file");
+    // Not a path: ORG/NAME[@REV] on the Hugging Face Hub. What looks like a file (x/y.gguf, ./x,
+    // ~/x) is a relative path gptqctl should have resolved.
+    const std::string_view src = r.source;
+    const bool looks_like_file = src.ends_with(".gguf") || src.ends_with(".safetensors") || src.ends_with(".json") ||
+                                 src.starts_with(".") || src.starts_with("~");
+    if (src.find('/') != std::string_view::npos && !looks_like_file) {
+      co_await pull_from_hub(d, r, w);
+      co_return;
     }
-    fail(ErrorCode::invalid_argument, "source '", r.source, "' must be an absolute path (gptqctl resolves relative ones)");
+    fail(ErrorCode::invalid_argument, "source '", r.source,
+         "' is neither an absolute path (gptqctl resolves relative ones) nor a Hub repo ORG/NAME");
   }
   if (!r.revision.empty()) fail(ErrorCode::invalid_argument, "\"revision\" applies to Hub pulls only, not to local paths");
 
@@ -264,6 +272,7 @@ constexpr Route kRoutes[] = {
     {http::verb::get, "/api/blobs/{digest}", false, handle_blob},
     {http::verb::get, "/api/gpu", false, handle_gpu},
     {http::verb::post, "/api/datasets", true, handle_dataset_add},
+    {http::verb::post, "/api/datasets/pull", true, handle_dataset_pull},
     {http::verb::post, "/v1/chat/completions", false, handle_openai_chat},
     {http::verb::post, "/v1/completions", false, handle_openai_completions},
     {http::verb::get, "/v1/models", false, handle_openai_models},

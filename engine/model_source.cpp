@@ -41,10 +41,6 @@ bool ends_with(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-bool is_pickle_name(std::string_view name) {
-  return ends_with(name, ".bin") || ends_with(name, ".pt") || ends_with(name, ".pth") ||
-         ends_with(name, ".ckpt") || ends_with(name, ".pkl");
-}
 
 std::string shape_str(std::span<const int64_t> shape) {
   std::string s = "[";
@@ -288,18 +284,6 @@ ModelInfo inspect_hf(std::vector<SourceFile> files, const std::string& display_n
   return info;
 }
 
-std::string tag_for_dtype(const ModelInfo& info) {
-  if (info.gptq) {
-    std::string tag = cat("gptq-", info.gptq->bits, "b");
-    if (info.gptq->group_size > 0) tag += cat("-g", info.gptq->group_size);
-    if (info.gptq->desc_act) tag += "-act";
-    return tag;
-  }
-  if (info.dtype == "F16") return "fp16";
-  if (info.dtype == "F32") return "fp32";
-  if (info.dtype == "BF16") return "bf16";
-  return sanitize_model_name(info.dtype);
-}
 
 // "SmolLM2-135M-Instruct.Q4_1.gguf" -> "smollm2-135m-instruct": the quantization label is the tag.
 std::string name_from_gguf_file(const std::string& file_name) {
@@ -340,6 +324,26 @@ const char* to_string(ModelFormat f) {
     case ModelFormat::gguf: return "gguf";
   }
   return "unknown";
+}
+
+std::string tag_for_dtype(const ModelInfo& info) {
+  if (info.gptq) {
+    std::string tag = cat("gptq-", info.gptq->bits, "b");
+    if (info.gptq->group_size > 0) tag += cat("-g", info.gptq->group_size);
+    if (info.gptq->desc_act) tag += "-act";
+    return tag;
+  }
+  if (info.dtype == "F16") return "fp16";
+  if (info.dtype == "F32") return "fp32";
+  if (info.dtype == "BF16") return "bf16";
+  return sanitize_model_name(info.dtype);
+}
+
+bool is_hf_side_file(std::string_view name) { return kHfSideFiles.contains(name); }
+
+bool is_pickle_name(std::string_view name) {
+  return ends_with(name, ".bin") || ends_with(name, ".pt") || ends_with(name, ".pth") ||
+         ends_with(name, ".ckpt") || ends_with(name, ".pkl");
 }
 
 std::string sanitize_model_name(std::string_view text) {

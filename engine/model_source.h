@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "engine/gptq_config.h"
@@ -44,6 +45,13 @@ ModelInfo inspect_model_source(const std::filesystem::path& source);
 
 // Inspects a set of files by logical name (one .gguf, or the files of an HF folder).
 ModelInfo inspect_model_files(std::vector<SourceFile> files, const std::string& display_name);
+
+// The non-weight files an HF model folder contributes (config.json, tokenizer files, the
+// safetensors index, README/LICENSE, ...), and the pickle weight names gptqd never loads.
+bool is_hf_side_file(std::string_view name);
+// The tag a model gets by default: "fp16", "bf16", "q4_1", "gptq-4b-g128", "gptq-4b-g128-act", ...
+std::string tag_for_dtype(const ModelInfo& info);
+bool is_pickle_name(std::string_view name);
 
 // Lower-cases and maps anything outside [a-z0-9._-] to '-', collapsing runs; "" if nothing is left.
 std::string sanitize_model_name(std::string_view text);

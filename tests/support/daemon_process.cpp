@@ -63,6 +63,7 @@ bool DaemonProcess::start(const std::vector<std::string>& env, const std::vector
   std::vector<std::string> argv = {gptqd_binary().string(), "--foreground", "--state-dir", state_dir_.string(),
                                    "--socket", socket_.string()};
   argv.insert(argv.end(), args.begin(), args.end());
+  argv.insert(argv.begin(), wrapper_.begin(), wrapper_.end());
   std::vector<std::string> envs;
   for (char** e = environ; *e; ++e) envs.emplace_back(*e);
   envs.insert(envs.end(), env.begin(), env.end());

@@ -27,6 +27,8 @@ class DaemonProcess {
   // Starts `gptqd --foreground` and waits until the socket accepts connections. `env` is added
   // to the environment ("K=V"); `args` are extra arguments. False (with log()) on failure.
   bool start(const std::vector<std::string>& env = {}, const std::vector<std::string>& args = {});
+  // Runs gptqd through `prefix` (an absolute program path and its arguments), e.g. unshare(1).
+  void set_wrapper(std::vector<std::string> prefix) { wrapper_ = std::move(prefix); }
   // Sends `sig` and waits for the process; returns its exit status (128 + signal when killed).
   int stop(int sig = 15, std::chrono::milliseconds timeout = std::chrono::seconds(20));
   // Waits for the process to exit by itself (e.g. after a fault point); -1 on timeout.
@@ -44,6 +46,7 @@ class DaemonProcess {
  private:
   std::filesystem::path dir_, state_dir_, socket_, log_path_;
   pid_t pid_ = -1;
+  std::vector<std::string> wrapper_;
 };
 
 struct HttpReply {
