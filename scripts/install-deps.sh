@@ -18,6 +18,8 @@ packages=(
   libeigen3-dev libopenblas-dev liblapacke-dev libcli11-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   curl socat python3 python3-venv python3-pip
+  dbus-daemon dbus-bin systemd      # the D-Bus tests: a private dbus-daemon, dbus-send, busctl; systemd-analyze
+  passwd util-linux                 # useradd for the authorization tests; setpriv, unshare
 )
 
 sudo_cmd=()

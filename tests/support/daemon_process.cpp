@@ -66,6 +66,10 @@ bool DaemonProcess::start(const std::vector<std::string>& env, const std::vector
   argv.insert(argv.begin(), wrapper_.begin(), wrapper_.end());
   std::vector<std::string> envs;
   for (char** e = environ; *e; ++e) envs.emplace_back(*e);
+  // A machine-wide /etc/gptqd/gptqd.json must not leak into tests: an empty config of their own.
+  const auto empty_config = dir_ / "empty-config.json";
+  if (!std::filesystem::exists(empty_config)) write_file(empty_config, "{}\n");
+  envs.push_back("GPTQD_CONFIG=" + empty_config.string());
   envs.insert(envs.end(), env.begin(), env.end());
   std::vector<char*> cargv, cenv;
   for (auto& a : argv) cargv.push_back(a.data());
