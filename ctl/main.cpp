@@ -5,11 +5,13 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <iostream>
 #include <optional>
 
 #include "ctl/client.h"
 #include "ctl/commands.h"
+#include "ctl/service.h"
 #include "ctl/render.h"
 #include "daemon/protocol.h"
 
@@ -132,6 +134,15 @@ int main(int argc, char** argv) {
   export_cmd->add_option("dir", export_args.dir, "DIR (created when missing)")->required();
   export_cmd->add_flag("--force", export_args.force, "Write into a non-empty DIR (files of the same name are replaced)");
 
+  std::string service_action;
+  bool service_user = false;
+  auto* service = app.add_subcommand("service", "Start, stop, restart, enable or disable gptqd under systemd, or show "
+                                                "its status (talks to systemd, not to gptqd)");
+  service->add_option("action", service_action, "start | stop | restart | status | enable | disable")
+      ->required()
+      ->check(CLI::IsMember(gptqd::ctl::service_actions()));
+  service->add_flag("--user", service_user, "The user's units (systemctl --user) instead of the system's");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -142,6 +153,11 @@ int main(int argc, char** argv) {
   if (socket.empty()) {
     const char* env = std::getenv("GPTQD_SOCKET");
     socket = (env && *env) ? std::string(env) : gptqd::protocol::default_socket_path().string();
+    // No daemon of the user's own: the system service's socket (gptqd.socket), when there is one.
+    std::error_code ec;
+    if (!(env && *env) && !std::filesystem::exists(socket, ec) && std::filesystem::exists("/run/gptqd/gptqd.sock", ec)) {
+      socket = "/run/gptqd/gptqd.sock";
+    }
   }
   Context ctx{Client(socket), json, ::isatty(STDERR_FILENO) == 1, stdout, stderr};
   auto put = [&](const char* key, const auto& v) {
@@ -160,6 +176,7 @@ int main(int argc, char** argv) {
   put("num_ctx", num_ctx);
   if (!stops.empty()) run_args.options["stop"] = stops;
   try {
+    if (service->parsed()) return gptqd::ctl::cmd_service(service_action, service_user, stdout);
     if (run->parsed()) return cmd_run(ctx, run_args);
     if (eval->parsed()) return cmd_eval(ctx, eval_args);
     if (dataset_add->parsed()) return cmd_dataset_add(ctx, dataset_name, dataset_files);

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <csignal>
@@ -23,9 +24,11 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/post.hpp>
 
+#include "daemon/dbus_service.h"
 #include "daemon/handlers.h"
 #include "daemon/hub_pull.h"
 #include "daemon/log.h"
+#include "daemon/service_manager.h"
 #include "engine/error.h"
 
 namespace gptqd::daemon {
@@ -91,28 +94,18 @@ Daemon::~Daemon() {
   pool_.join();
   signals_.reset();
   grace_timer_.reset();
+  status_timer_.reset();
   server_.reset();
   registry_.reset();
   if (lock_fd_ >= 0) ::close(lock_fd_);
 }
 
-bool Daemon::is_admin(const PeerCred& peer) const {
-  if (peer.uid == 0 || peer.uid == ::geteuid()) return true;
-  struct group* gr = ::getgrnam(cfg_.admin_group.c_str());
-  if (!gr) return false;
-  if (peer.gid == gr->gr_gid) return true;
-  struct passwd* pw = ::getpwuid(peer.uid);
-  if (!pw) return false;
-  int n = 64;
-  std::vector<gid_t> groups(static_cast<size_t>(n));
-  if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n) < 0) {
-    groups.resize(static_cast<size_t>(n));
-    if (::getgrouplist(pw->pw_name, pw->pw_gid, groups.data(), &n) < 0) return false;
-  }
-  for (int i = 0; i < n; ++i) {
-    if (groups[static_cast<size_t>(i)] == gr->gr_gid) return true;
-  }
-  return false;
+Caller Daemon::caller_of(const PeerCred& peer) { return Caller{peer.uid, peer.groups}; }
+
+bool Daemon::is_admin(const PeerCred& peer) const { return daemon::may_admin(caller_of(peer), cfg_.admin_group); }
+
+bool Daemon::may_use(const PeerCred& peer) const {
+  return daemon::may_use(caller_of(peer), cfg_.user_group, cfg_.admin_group);
 }
 
 void Daemon::open_state() {
@@ -206,8 +199,14 @@ void Daemon::on_gpu_probed(kernels::cuda::CudaProbeResult result) {
 void Daemon::begin_shutdown(const char* why) {
   if (stopping_) return;
   stopping_ = true;
+  notify(cat("STOPPING=1\nSTATUS=stopping (", why, "): finishing ", server_->n_connections(), " connection(s)"));
+  if (status_timer_) status_timer_->cancel();
+  // A stop for another reason than a signal leaves the signal wait pending; it must not keep
+  // io_.run() alive (the signals stay caught, so a second SIGTERM does not kill mid-drain).
+  if (signals_) signals_->cancel();
   log_info("stopping (", why, "): no new connections; cancelling ", cancels_.size(), " job(s)");
   server_->stop();
+  if (dbus_) dbus_->stop();  // its waits would keep io_.run() going
   for (auto& c : cancels_) c->store(true);
   // The worker aborts its tasks; their error events let the waiting connections finish.
   worker_->request_stop();
@@ -215,6 +214,54 @@ void Daemon::begin_shutdown(const char* why) {
   // watches for that and, after the grace period, closes busy connections under their feet.
   grace_timer_ = std::make_unique<asio::steady_timer>(io_);
   poll_shutdown(std::chrono::steady_clock::now() + kShutdownGrace, false);
+}
+
+void Daemon::mark_unhealthy(const std::string& reason) {
+  if (!unhealthy_.empty()) return;
+  unhealthy_ = reason;
+  log_error("unhealthy: ", reason);
+  notify(cat("STATUS=unhealthy: ", reason));
+  begin_shutdown("unhealthy");
+}
+
+std::string Daemon::status_line() {
+  size_t loaded = 0, active = 0, running_jobs = 0;
+  for (const auto& m : worker_->status()) {
+    ++loaded;
+    active += static_cast<size_t>(m.active);
+  }
+  for (const auto& j : registry_->jobs()) {
+    if (j.state == "running" || j.state == "queued") ++running_jobs;
+  }
+  return cat("serving: ", loaded, " model(s) loaded, ", active, " request(s) generating, ", running_jobs, " job(s) running, ",
+             hub_->sessions().size(), " Hub pull(s)");
+}
+
+// WATCHDOG=1 from the io thread itself: a loop that stops serving stops the pings, and systemd
+// restarts the daemon. The same tick refreshes STATUS= when it changed.
+void Daemon::start_watchdog() {
+  const auto interval = watchdog_ping_interval();
+  status_timer_ = std::make_unique<asio::steady_timer>(io_);
+  const auto period = interval ? std::min<std::chrono::microseconds>(*interval, std::chrono::seconds(5))
+                               : std::chrono::microseconds(std::chrono::seconds(5));
+  if (interval) log_info("systemd watchdog: a ping every ", interval->count() / 1000, " ms");
+  tick(period, interval.has_value());
+}
+
+void Daemon::tick(std::chrono::microseconds period, bool watchdog) {
+  if (stopping_) return;
+  std::string state;
+  if (watchdog) state = "WATCHDOG=1";
+  std::string status = status_line();
+  if (status != last_status_) {
+    state += cat(state.empty() ? "" : "\n", "STATUS=", status);
+    last_status_ = std::move(status);
+  }
+  if (!state.empty()) notify(state);
+  status_timer_->expires_after(period);
+  status_timer_->async_wait([this, period, watchdog](const boost::system::error_code& ec) {
+    if (!ec) tick(period, watchdog);
+  });
 }
 
 void Daemon::poll_shutdown(std::chrono::steady_clock::time_point deadline, bool forced) {
@@ -240,29 +287,46 @@ int Daemon::run(const std::function<void()>& on_ready) {
   limits.max_queued = static_cast<int>(cfg_.max_queue);
   worker_ = std::make_unique<DeviceWorker>(cfg_.device == "auto" ? "cpu" : cfg_.device, static_cast<int>(cfg_.threads),
                                            limits);
+  // A device that fails for good (a sticky CUDA error) is not papered over: the daemon says it is
+  // unhealthy, stops, and exits non-zero so that systemd starts a fresh process.
+  worker_->set_on_fatal([this](std::string reason) {
+    asio::post(io_, [this, reason = std::move(reason)] { mark_unhealthy(reason); });
+  });
   jobs_ = std::make_unique<JobManager>(*this);
+  // Before the socket listens: a SIGTERM from then on is a clean stop, never the default death.
+  signals_ = std::make_unique<asio::signal_set>(io_, SIGTERM, SIGINT);
+  signals_->async_wait([this](const boost::system::error_code& ec, int sig) {
+    if (!ec) begin_shutdown(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  });
   server_ = std::make_unique<HttpServer>(io_, cfg_, make_dispatcher(*this));
   server_->listen();
   server_->start();
+  dbus_ = std::make_unique<DbusService>(*this);
+  dbus_->start();  // an explicit --dbus that fails ends the start; auto only warns
   start_gpu_probe();
   asio::co_spawn(io_, jobs_->resume_all(), [](std::exception_ptr e) {
     if (e) log_error("resuming quantize jobs failed");
   });
 
-  signals_ = std::make_unique<asio::signal_set>(io_, SIGTERM, SIGINT);
-  signals_->async_wait([this](const boost::system::error_code& ec, int sig) {
-    if (!ec) begin_shutdown(sig == SIGTERM ? "SIGTERM" : "SIGINT");
-  });
-  log_info("gptqd ", GPTQD_VERSION, " listening on ", cfg_.socket_path.string(), ", state in ",
-           cfg_.state_dir.string());
+  log_info("gptqd ", GPTQD_VERSION, " listening on ", server_->path(), server_->activated() ? " (from systemd)" : "",
+           ", state in ", cfg_.state_dir.string());
   if (on_ready) on_ready();
+  // Ready only now: the registry is open and the socket accepts.
+  notify(cat("READY=1\nSTATUS=", status_line()));
+  start_watchdog();
   io_.run();  // returns when nothing is left: see begin_shutdown()
   worker_->shutdown();
   pool_.join();
+  dbus_.reset();
   jobs_.reset();
   signals_.reset();
   grace_timer_.reset();
+  status_timer_.reset();
   server_.reset();
+  if (!unhealthy_.empty()) {
+    log_error("stopped: unhealthy (", unhealthy_, "); exiting with status 1 so that the service manager restarts gptqd");
+    return 1;
+  }
   log_info("stopped");
   return 0;
 }

@@ -16,6 +16,7 @@
 #include <set>
 #include <string>
 
+#include "daemon/authz.h"
 #include "daemon/blob_store.h"
 #include "daemon/daemon_config.h"
 #include "daemon/device_worker.h"
@@ -37,6 +38,7 @@ struct GpuProbe {
 };
 
 class HubPulls;
+class DbusService;
 
 class Daemon {
  public:
@@ -58,6 +60,10 @@ class Daemon {
   int64_t started_at() const { return started_at_; }
   bool stopping() const { return stopping_; }
   const GpuProbe& gpu_probe() const { return gpu_probe_; }
+  // Non-empty once the device failed for good: GET /api/health answers 503 and the process
+  // exits with status 1 after its drain.
+  const std::string& unhealthy() const { return unhealthy_; }
+  void mark_unhealthy(const std::string& reason);
 
   // Work that must stop at shutdown registers its cancel flag here (io thread only).
   void track(const std::shared_ptr<std::atomic<bool>>& cancel) { cancels_.insert(cancel); }
@@ -66,14 +72,21 @@ class Daemon {
   std::set<std::string>& pulls_in_flight() { return pulls_in_flight_; }
 
   // True when `peer` may change the registry: root, the daemon's own user, or a member of
-  // cfg.admin_group.
+  // cfg.admin_group (daemon/authz.h).
   bool is_admin(const PeerCred& peer) const;
+  // True when `peer` may use the daemon at all (read, generate): the above, or a member of
+  // cfg.user_group.
+  bool may_use(const PeerCred& peer) const;
+  static Caller caller_of(const PeerCred& peer);
 
  private:
   void open_state();
   void begin_shutdown(const char* why);
   void poll_shutdown(std::chrono::steady_clock::time_point deadline, bool forced);
   void start_gpu_probe();
+  void start_watchdog();
+  void tick(std::chrono::microseconds period, bool watchdog);
+  std::string status_line();
   void on_gpu_probed(kernels::cuda::CudaProbeResult result);
 
   DaemonConfig cfg_;
@@ -86,8 +99,12 @@ class Daemon {
   std::unique_ptr<JobManager> jobs_;
   std::unique_ptr<HubPulls> hub_;
   std::unique_ptr<HttpServer> server_;
+  std::unique_ptr<DbusService> dbus_;  // after jobs_: it observes JobManager, so it goes first
   std::unique_ptr<asio::signal_set> signals_;
   std::unique_ptr<asio::steady_timer> grace_timer_;
+  std::unique_ptr<asio::steady_timer> status_timer_;
+  std::string last_status_;
+  std::string unhealthy_;
   std::set<std::shared_ptr<std::atomic<bool>>> cancels_;
   std::set<std::string> pulls_in_flight_;
   int64_t started_at_ = 0;

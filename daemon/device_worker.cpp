@@ -6,6 +6,7 @@
 #include <chrono>
 #include <ctime>
 
+#include "daemon/fault.h"
 #include "daemon/log.h"
 
 namespace gptqd::daemon {
@@ -183,6 +184,21 @@ void DeviceWorker::unload_expired(int64_t now) {
   }
 }
 
+void DeviceWorker::fail_device(const std::string& reason) {
+  broken_ = true;
+  stopping_ = true;
+  const std::string msg = "the compute device failed and cannot recover (" + reason + "); gptqd restarts";
+  for (auto& [ref, slot] : slots_) {
+    for (auto& t : slot.active) t->abort(ErrorCode::internal, msg);
+    for (auto& t : slot.queued) t->abort(ErrorCode::internal, msg);
+    n_queued_ -= static_cast<int>(slot.queued.size());
+    slot.active.clear();
+    slot.queued.clear();
+    slot.fresh.clear();
+  }
+  if (on_fatal_) on_fatal_(reason);
+}
+
 void DeviceWorker::run() {
   std::unique_lock lock(mutex_);
   for (;;) {
@@ -226,6 +242,7 @@ void DeviceWorker::run() {
       WorkerModel* model = slot.loaded.get();
       lock.unlock();
       std::vector<std::shared_ptr<Task>> finished;
+      std::string fatal;
       for (auto& t : round) {
         bool fresh = false;
         {
@@ -235,7 +252,12 @@ void DeviceWorker::run() {
         }
         bool more = false;
         try {
+          fault_device("device.step");
           more = t->step(*model, fresh);
+        } catch (const DeviceFault& e) {
+          log_error("the device failed for good while serving ", ref, ": ", e.what());
+          fatal = e.what();
+          break;
         } catch (const std::exception& e) {
           log_error("task for ", ref, " failed: ", e.what());
           t->abort(ErrorCode::internal, e.what());
@@ -243,10 +265,15 @@ void DeviceWorker::run() {
         if (!more) finished.push_back(t);
       }
       lock.lock();
+      if (!fatal.empty()) {
+        fail_device(fatal);
+        break;
+      }
       for (auto& t : finished) slot.active.remove(t);
       slot.last_used = now_s();
       publish_status();
     }
+    if (broken_) break;
   }
   // Stopping: nothing more runs.
   for (auto& [ref, slot] : slots_) {

@@ -102,6 +102,9 @@ class DeviceWorker {
   // request_stop() and join the thread (also done by the destructor). One thread at a time.
   void shutdown();
   const std::string& device() const { return device_; }
+  // Called once, on the worker thread, when the device fails for good (engine::DeviceFault):
+  // every task has been aborted and the worker takes no more. Set before the first submit.
+  void set_on_fatal(std::function<void(std::string reason)> fn) { on_fatal_ = std::move(fn); }
 
  private:
   struct Slot {
@@ -125,6 +128,10 @@ class DeviceWorker {
   std::map<std::string, Slot> slots_;   // by model ref
   int n_queued_ = 0;
   bool stopping_ = false;
+  bool broken_ = false;
+  std::function<void(std::string)> on_fatal_;
+  // Aborts every task, marks the worker broken and reports `reason` (mutex held).
+  void fail_device(const std::string& reason);
   std::vector<LoadedModelStatus> status_;
   std::thread thread_;
 };

@@ -31,4 +31,10 @@ void fault_disk_full(std::string_view name) {
   fail(ErrorCode::no_space, "no space left on device (injected at ", name, ")");
 }
 
+void fault_device(std::string_view name) {
+  if (!armed("GPTQD_FAULT_DEVICE", name)) return;
+  log_warn("fault point ", name, " reached: the device fails for good (GPTQD_FAULT_DEVICE)");
+  throw DeviceFault(cat("the device reported an unrecoverable error (injected at ", name, ")"));
+}
+
 }  // namespace gptqd::daemon

@@ -17,4 +17,8 @@ void fault_point(std::string_view name);
 // Names in use: "quantize.checkpoint" (after the checkpoint's files were written).
 void fault_disk_full(std::string_view name);
 
+// GPTQD_FAULT_DEVICE=<name>: throws DeviceFault at that point, as a sticky CUDA error would.
+// Names in use: "device.step" (a generation step on the device worker).
+void fault_device(std::string_view name);
+
 }  // namespace gptqd::daemon

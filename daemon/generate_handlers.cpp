@@ -23,7 +23,6 @@ namespace {
 using asio::awaitable;
 using nlohmann::json;
 
-constexpr int64_t kDefaultKeepAliveS = 300;  // Ollama's 5 minutes
 constexpr int64_t kDefaultNumCtx = 2048;
 
 int64_t now_ns() {
@@ -228,7 +227,7 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
     auto emit = [exec, events](GenerationEvent ev) {
       asio::post(exec, [events, ev = std::move(ev)]() mutable { events->push(std::move(ev)); });
     };
-    auto task = std::make_shared<GenerationTask>(model_handle(d, tag), keep_alive.value_or(kDefaultKeepAliveS),
+    auto task = std::make_shared<GenerationTask>(model_handle(d, tag), keep_alive.value_or(d.config().keep_alive_s),
                                                  std::move(spec), emit);
     std::string why;
     if (!d.worker().submit(task, &why)) fail(ErrorCode::busy, why);
@@ -393,7 +392,7 @@ awaitable<void> handle_eval(Daemon& d, Request& req, ResponseWriter& w) {
   auto emit = [exec, events](EvalEvent ev) {
     asio::post(exec, [events, ev = std::move(ev)]() mutable { events->push(std::move(ev)); });
   };
-  auto task = std::make_shared<EvalTask>(model_handle(d, tag), kDefaultKeepAliveS, std::move(spec), emit);
+  auto task = std::make_shared<EvalTask>(model_handle(d, tag), d.config().keep_alive_s, std::move(spec), emit);
   std::string why;
   if (!d.worker().submit(task, &why)) {
     d.registry().finish_job(job_id, "failed", why);

@@ -65,6 +65,11 @@ awaitable<void> handle_version(Daemon&, Request&, ResponseWriter& w) {
 }
 
 awaitable<void> handle_health(Daemon& d, Request&, ResponseWriter& w) {
+  if (!d.unhealthy().empty()) {
+    json bad = {{"status", "unhealthy"}, {"error", d.unhealthy()}, {"version", GPTQD_VERSION}, {"pid", ::getpid()}};
+    co_await w.send_json(http::status::service_unavailable, bad);
+    co_return;
+  }
   json body = {{"status", "ok"},
                {"version", GPTQD_VERSION},
                {"pid", ::getpid()},
@@ -306,8 +311,17 @@ awaitable<void> dispatch(Daemon& d, Request& req, ResponseWriter& w) {
   std::string error;
   http::status status = http::status::internal_server_error;
   try {
+    // The daemon decides, whatever the socket's file mode lets through.
+    if (!d.may_use(req.peer)) {
+      const std::string who = describe_caller(Daemon::caller_of(req.peer));
+      log_warn("refused ", req.method_name, " ", req.path, " from ", who, ": not in group ", d.config().user_group);
+      fail(ErrorCode::permission_denied, who, " may not use gptqd: it serves root, its own user and the members of group ",
+           d.config().user_group, " (ask an administrator: usermod -aG ", d.config().user_group, " USER, then log in again)");
+    }
     if (route->admin && !d.is_admin(req.peer)) {
-      fail(ErrorCode::permission_denied, req.method_name, " ", req.path, " changes the model registry; uid ", req.peer.uid,
+      const std::string who = describe_caller(Daemon::caller_of(req.peer));
+      log_warn("refused ", req.method_name, " ", req.path, " from ", who, ": not an admin");
+      fail(ErrorCode::permission_denied, req.method_name, " ", req.path, " changes the model registry; ", who,
            " may not do that (allowed: root, the daemon's user, group ", d.config().admin_group, ")");
     }
     co_await route->fn(d, req, w);

@@ -4,6 +4,7 @@
 
 #include "daemon/http_server.h"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -13,12 +14,15 @@
 #include <boost/asio/redirect_error.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
+#include <algorithm>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 
+#include "daemon/authz.h"
 #include "daemon/log.h"
+#include "daemon/service_manager.h"
 #include "engine/error.h"
 
 namespace gptqd::daemon {
@@ -32,10 +36,27 @@ PeerCred peer_of(local::socket& sock) {
   PeerCred peer;
   struct ucred cred {};
   socklen_t len = sizeof cred;
-  if (::getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-    peer.pid = cred.pid;
-    peer.uid = cred.uid;
-    peer.gid = cred.gid;
+  if (::getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return peer;
+  peer.pid = cred.pid;
+  peer.uid = cred.uid;
+  peer.gid = cred.gid;
+  peer.groups.push_back(cred.gid);
+  // SO_PEERCRED has no supplementary groups; SO_PEERGROUPS (Linux 4.13) has the ones the peer
+  // held when it connected. Without it, the user database says which groups the uid is in.
+  std::vector<gid_t> groups(64);
+  socklen_t glen = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+  int rc = ::getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+  if (rc != 0 && errno == ERANGE) {
+    groups.resize(glen / sizeof(gid_t));
+    rc = ::getsockopt(sock.native_handle(), SOL_SOCKET, SO_PEERGROUPS, groups.data(), &glen);
+  }
+  if (rc == 0) {
+    groups.resize(glen / sizeof(gid_t));
+    for (gid_t g : groups) {
+      if (std::find(peer.groups.begin(), peer.groups.end(), g) == peer.groups.end()) peer.groups.push_back(g);
+    }
+  } else {
+    peer.groups = groups_of_user(cred.uid, cred.gid);
   }
   return peer;
 }
@@ -154,7 +175,19 @@ HttpServer::~HttpServer() {
 }
 
 void HttpServer::listen() {
+  if (const int fd = activated_socket(); fd >= 0) {
+    acceptor_ = std::make_unique<local::acceptor>(io_);
+    error_code ec;
+    acceptor_->assign(local(), fd, ec);
+    if (ec) fail(ErrorCode::io, "cannot use the socket systemd passed: ", ec.message());
+    ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+    activated_ = true;
+    path_ = acceptor_->local_endpoint(ec).path();
+    if (path_.empty()) path_ = "(socket from systemd)";
+    return;
+  }
   const std::string path = cfg_.socket_path.string();
+  path_ = path;
   prepare_socket_dir(cfg_.socket_path.parent_path());
   struct stat st {};
   if (::lstat(path.c_str(), &st) == 0) {

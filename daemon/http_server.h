@@ -18,6 +18,7 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "daemon/daemon_config.h"
 
@@ -34,6 +35,7 @@ struct PeerCred {
   pid_t pid = 0;
   uid_t uid = static_cast<uid_t>(-1);
   gid_t gid = static_cast<gid_t>(-1);
+  std::vector<gid_t> groups;  // primary first, then supplementary (SO_PEERGROUPS)
 };
 
 struct Request {
@@ -84,9 +86,13 @@ class HttpServer {
   HttpServer(asio::io_context& io, const DaemonConfig& cfg, Dispatcher dispatch);
   ~HttpServer();
 
-  // Binds the socket: a stale file from a dead daemon is replaced, a live listener is an error
-  // ("another gptqd is listening"); the file gets cfg.socket_mode before any client can connect.
+  // Takes the listening socket systemd passed (socket activation), or binds its own: a stale
+  // file from a dead daemon is replaced, a live listener is an error ("another gptqd is
+  // listening"); the file gets cfg.socket_mode before any client can connect.
   void listen();
+  // Where clients connect, and whether systemd owns the socket (then stop() leaves the file).
+  const std::string& path() const { return path_; }
+  bool activated() const { return activated_; }
   // Starts accepting (a coroutine on the io_context).
   void start();
   // Stops accepting, removes the socket file and closes connections that wait for a request.
@@ -112,6 +118,8 @@ class HttpServer {
   std::list<Connection> connections_;
   bool stopping_ = false;
   bool own_socket_file_ = false;
+  bool activated_ = false;
+  std::string path_;
 };
 
 }  // namespace gptqd::daemon

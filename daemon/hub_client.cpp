@@ -817,18 +817,22 @@ DownloadState DownloadState::from_json(std::string_view text) {
   return s;
 }
 
-HubSettings HubSettings::from_environment() {
+HubSettings HubSettings::from_environment(const std::string& config_endpoint, const fs::path& config_token_file) {
   HubSettings s;
-  if (std::string e = trim(env("HF_ENDPOINT")); !e.empty()) {
+  std::string e = trim(env("HF_ENDPOINT"));
+  const char* endpoint_source = "HF_ENDPOINT";
+  if (e.empty() && !config_endpoint.empty()) e = config_endpoint, endpoint_source = "the configured hub_endpoint";
+  if (!e.empty()) {
     while (!e.empty() && e.back() == '/') e.pop_back();
     if (e.rfind("http://", 0) != 0 && e.rfind("https://", 0) != 0) {
-      fail(ErrorCode::invalid_argument, "HF_ENDPOINT must start with http:// or https://, not '", e, "'");
+      fail(ErrorCode::invalid_argument, endpoint_source, " must start with http:// or https://, not '", e, "'");
     }
     s.endpoint = e;
   }
   s.token = trim(env("HF_TOKEN"));
   if (s.token.empty()) {
     fs::path file = env("HF_TOKEN_PATH");
+    if (file.empty()) file = config_token_file;
     if (file.empty()) {
       fs::path home = env("HF_HOME");
       if (home.empty()) {

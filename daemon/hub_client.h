@@ -37,7 +37,10 @@ struct HubSettings {
   // ~/.cache/huggingface — huggingface_hub's order. Whitespace around the token is dropped.
   // GPTQD_HUB_PARALLEL_MIN_BYTES and GPTQD_HUB_PARALLEL_PARTS (1..64) set the parallel knobs;
   // a malformed value is Error(invalid_argument) naming the variable.
-  static HubSettings from_environment();
+  // The daemon's configuration comes below the environment: `config_endpoint` when HF_ENDPOINT
+  // is unset, `config_token_file` when neither HF_TOKEN nor HF_TOKEN_PATH is set.
+  static HubSettings from_environment(const std::string& config_endpoint = {},
+                                      const std::filesystem::path& config_token_file = {});
 };
 
 // "org/name", "org/name@rev", "datasets/org/name[@rev]". The revision defaults to "main".

@@ -369,7 +369,7 @@ awaitable<void> drive_model_pull(Daemon& d, std::shared_ptr<PullSession> s, HubR
   json done;
   try {
     broadcast(progress_event("resolving " + ref.display()));
-    w->client = std::make_shared<HubClient>(HubSettings::from_environment());
+    w->client = std::make_shared<HubClient>(HubSettings::from_environment(d.config().hub_endpoint, d.config().hub_token_file));
     auto resolve = [w] { w->info = w->client->repo_info(w->ref); };
     co_await run_on_thread(std::move(resolve));
     const std::string pinned = cat(ref.repo_id, "@", w->info.sha);
@@ -713,11 +713,12 @@ awaitable<void> handle_dataset_pull(Daemon& d, Request& req, ResponseWriter& w) 
   auto error = std::make_shared<std::exception_ptr>();
   HubPulls& pulls = d.hub();
   BlobStore& store = d.blobs();
+  HubSettings settings = HubSettings::from_environment(d.config().hub_endpoint, d.config().hub_token_file);
   d.track(cancel);
   const int64_t job_id = d.registry().add_job("pull", "dataset " + name, json{{"source", is_url ? r.source : ref.display()}}.dump());
-  auto fetch_all = [work, error, files, ref, is_url, expected = r.sha256, &pulls, &store, cancel, emit, events, exec] {
+  auto fetch_all = [work, error, files, ref, is_url, expected = r.sha256, settings, &pulls, &store, cancel, emit, events, exec] {
     try {
-      HubClient client(HubSettings::from_environment());
+      HubClient client(settings);
       Fetcher fetch(pulls, store, client, *cancel, emit);
       if (is_url) {
         work->fetched.push_back(fetch.url_file(files[0].first, files[0].second, expected));

@@ -189,6 +189,7 @@ awaitable<void> JobManager::launch(int64_t id, protocol::QuantizeRequest r, Regi
 
 void JobManager::broadcast(Live& job, const json& ev) {
   for (auto& f : job.followers) f->push(ev);
+  if (observer_) observer_(job.id, ev);
 }
 
 void JobManager::on_event(int64_t id, QuantizeEvent ev) {
@@ -318,7 +319,10 @@ void JobManager::suspend(int64_t id) {
 void JobManager::end(int64_t id, const std::string& state, const std::string& error, json final_event) {
   d_.registry().finish_job(id, state, error);
   auto it = live_.find(id);
-  if (it == live_.end()) return;
+  if (it == live_.end()) {
+    if (observer_) observer_(id, final_event);  // broadcast() tells it for live jobs
+    return;
+  }
   broadcast(*it->second, final_event);
   for (auto& f : it->second->followers) f->close();
   live_.erase(it);

@@ -12,6 +12,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <chrono>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -49,6 +50,12 @@ class JobManager {
   void unfollow(int64_t id, const std::shared_ptr<AsyncQueue<nlohmann::json>>& queue);
   // NAME:TAG refs a live job reads (its source) or will write (its target).
   bool uses_model(const std::string& name, const std::string& tag) const;
+  // One observer (D-Bus) sees every event of every job as followers do, the final one included
+  // (done/error/cancelled, with the registry already showing the final state). io thread; must
+  // not throw. nullptr removes it.
+  void set_observer(std::function<void(int64_t id, const nlohmann::json& event)> observer) {
+    observer_ = std::move(observer);
+  }
 
  private:
   struct Live {
@@ -77,6 +84,7 @@ class JobManager {
 
   Daemon& d_;
   std::map<int64_t, std::shared_ptr<Live>> live_;
+  std::function<void(int64_t id, const nlohmann::json& event)> observer_;
 };
 
 }  // namespace gptqd::daemon

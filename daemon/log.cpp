@@ -3,6 +3,7 @@
 #include "daemon/log.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -15,8 +16,18 @@ namespace gptqd::daemon {
 namespace {
 std::mutex g_mutex;
 int g_fd = 2;
+// stderr is the journal when JOURNAL_STREAM names its device and inode (systemd sets it for the
+// service; a child that inherited the variable but writes elsewhere keeps plain lines).
 bool journald() {
-  static const bool yes = std::getenv("JOURNAL_STREAM") != nullptr;
+  static const bool yes = [] {
+    const char* js = std::getenv("JOURNAL_STREAM");
+    if (!js) return false;
+    unsigned long long dev = 0, ino = 0;
+    if (std::sscanf(js, "%llu:%llu", &dev, &ino) != 2) return false;
+    struct stat st {};
+    return ::fstat(2, &st) == 0 && static_cast<unsigned long long>(st.st_dev) == dev &&
+           static_cast<unsigned long long>(st.st_ino) == ino;
+  }();
   return yes;
 }
 const char* level_name(LogLevel l) {

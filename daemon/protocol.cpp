@@ -338,7 +338,14 @@ std::optional<int64_t> parse_keep_alive(const json& j) {
     size_t start = i;
     while (i < s.size() && (std::isdigit(static_cast<unsigned char>(s[i])) || s[i] == '.')) ++i;
     if (start == i) throw RequestError("\"keep_alive\" is not a duration: '" + s + "'");
-    double v = std::stod(s.substr(start, i - start));
+    double v = 0;
+    try {
+      size_t used = 0;
+      v = std::stod(s.substr(start, i - start), &used);
+      if (used != i - start || !std::isfinite(v)) throw std::invalid_argument("partial");
+    } catch (const std::exception&) {  // ".", "1.2.3", out of range
+      throw RequestError("\"keep_alive\" is not a duration: '" + s + "'");
+    }
     std::string unit;
     while (i < s.size() && std::isalpha(static_cast<unsigned char>(s[i]))) unit += s[i++];
     double ms;

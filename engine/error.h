@@ -36,6 +36,14 @@ class Error : public std::runtime_error {
   ErrorCode code_;
 };
 
+// The compute device is in a state no request can recover from (a sticky CUDA error: the
+// context is lost until the process restarts). Whoever catches it stops using the device and
+// ends the process with a failure, so the service manager starts a fresh one.
+class DeviceFault : public Error {
+ public:
+  explicit DeviceFault(std::string message) : Error(ErrorCode::internal, std::move(message)) {}
+};
+
 // Concatenates anything that streams: cat("layer ", i, " has shape ", shape).
 template <typename... Args>
 std::string cat(const Args&... args) {

@@ -191,24 +191,28 @@ TEST_F(HttpServerTest, SecondDaemonOnTheSameStateIsRefused) {
 
 TEST_F(HttpServerTest, RegistryRoutesNeedAdminRights) {
   if (::geteuid() != 0) GTEST_SKIP() << "needs root to act as another uid";
-  // A daemon whose socket anyone may open; a client running as nobody may read, not delete.
+  // A daemon whose socket anyone may open, serving group nogroup (65534): nobody, a member, may
+  // read, not delete; a uid outside the group may not even read.
   daemon_->stop(SIGTERM);
   TempDir other;
   DaemonProcess open_daemon(other.path());
-  ASSERT_TRUE(open_daemon.start({}, {"--socket-mode", "0666"})) << open_daemon.log();
+  ASSERT_TRUE(open_daemon.start({}, {"--socket-mode", "0666", "--user-group", "nogroup"})) << open_daemon.log();
   std::string sock = open_daemon.socket().string();
   ::chmod(other.path().c_str(), 0755);
-  auto as_nobody = [&](std::vector<std::string> args) {
-    std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+  auto as = [&](const std::string& gid, std::vector<std::string> args) {
+    std::vector<std::string> argv = {"setpriv", "--reuid=65534", "--regid=" + gid, "--clear-groups",
                                      gptqctl_binary().string(), "--socket", sock};
     argv.insert(argv.end(), args.begin(), args.end());
     return run_command(argv);
   };
-  auto list = as_nobody({"list"});
+  auto list = as("65534", {"list"});
   EXPECT_EQ(list.exit_code, 0) << list.output;
-  auto rm = as_nobody({"rm", "whatever"});
+  auto rm = as("65534", {"rm", "whatever"});
   EXPECT_EQ(rm.exit_code, 1) << rm.output;
-  EXPECT_NE(rm.output.find("uid 65534 may not do that"), std::string::npos) << rm.output;
+  EXPECT_NE(rm.output.find("uid 65534 (nobody) may not do that"), std::string::npos) << rm.output;
+  auto outsider = as("1", {"list"});
+  EXPECT_EQ(outsider.exit_code, 1) << outsider.output;
+  EXPECT_NE(outsider.output.find("may not use gptqd"), std::string::npos) << outsider.output;
 }
 
 class LimitsTest : public HttpServerTest {

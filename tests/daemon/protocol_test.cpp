@@ -184,6 +184,10 @@ TEST(KeepAlive, DurationsAndNumbers) {
   EXPECT_THROW(parse_keep_alive(json("5 minutes")), RequestError);
   EXPECT_THROW(parse_keep_alive(json("5d")), RequestError);
   EXPECT_THROW(parse_keep_alive(json::array()), RequestError);
+  // Number shapes std::stod chokes on are a bad request, not an internal error.
+  EXPECT_THROW(parse_keep_alive(json(".")), RequestError);
+  EXPECT_THROW(parse_keep_alive(json("1.2.3m")), RequestError);
+  EXPECT_THROW(parse_keep_alive(json(std::string(400, '9'))), RequestError);
 }
 
 TEST(GenOptions, TypesAndUnknownKeys) {

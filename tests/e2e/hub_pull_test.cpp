@@ -330,6 +330,20 @@ TEST_F(HubPullTest, GatedReposNeedTheTokenWhichNeverShows) {
   EXPECT_EQ(dump.find("hf_"), std::string::npos) << dump;
 }
 
+// The daemon's own configuration names the Hub and the token file when the environment does not.
+TEST_F(HubPullTest, TheConfiguredEndpointAndTokenFileServeWhenTheEnvironmentIsSilent) {
+  test::write_tiny_hf_model(hub_->commit_dir("org/gated", kA));
+  hub_->set_refs("org/gated", {{"main", kA}});
+  hub_->set_repo_json("org/gated", {{"gated", true}, {"tokens", {"hf_from_file"}}});
+  test::write_file(dir_ / "token", "hf_from_file\n");
+  ASSERT_TRUE(daemon_->start({"HF_HOME=" + (dir_ / "hf-home").string()},
+                             {"--hub-endpoint", hub_->url(), "--hub-token-file", (dir_ / "token").string()}))
+      << daemon_->log();
+  auto r = daemon_->ctl({"pull", "org/gated"});
+  EXPECT_EQ(r.exit_code, 0) << r.output << daemon_->log();
+  EXPECT_EQ(n_models(), 1u);
+}
+
 TEST_F(HubPullTest, PickleOnlyReposAreRefusedBeforeAByteOfThem) {
   const fs::path c = hub_->commit_dir("org/pickle", kA);
   test::write_tiny_hf_model(c);
