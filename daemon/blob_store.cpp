@@ -61,13 +61,6 @@ std::string random_hex(size_t n_bytes) {
   return out;
 }
 
-std::string hex_of(const unsigned char* md, unsigned int len) {
-  static const char* hex = "0123456789abcdef";
-  std::string out;
-  for (unsigned int i = 0; i < len; ++i) out += hex[md[i] >> 4], out += hex[md[i] & 15];
-  return out;
-}
-
 bool valid_digest(const std::string& digest) {
   if (digest.size() != 7 + 64 || digest.rfind("sha256:", 0) != 0) return false;
   for (size_t i = 7; i < digest.size(); ++i) {
@@ -88,6 +81,13 @@ void make_dir(const fs::path& p) {
 using EvpCtx = std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)>;
 
 }  // namespace
+
+std::string hex_of(const unsigned char* bytes, size_t n) {
+  static const char* hex = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < n; ++i) out += hex[bytes[i] >> 4], out += hex[bytes[i] & 15];
+  return out;
+}
 
 std::string sha256_digest(std::string_view bytes) {
   unsigned char md[EVP_MAX_MD_SIZE];

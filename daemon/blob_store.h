@@ -74,6 +74,8 @@ class BlobStore {
   std::map<std::string, int> pins_;
 };
 
+// Lower-case hex of raw bytes (a digest).
+std::string hex_of(const unsigned char* bytes, size_t n);
 // sha256 of a byte string as "sha256:<hex>".
 std::string sha256_digest(std::string_view bytes);
 

@@ -3,8 +3,6 @@
 #include "daemon/daemon.h"
 
 #include <fcntl.h>
-#include <grp.h>
-#include <pwd.h>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -225,15 +223,13 @@ void Daemon::mark_unhealthy(const std::string& reason) {
 }
 
 std::string Daemon::status_line() {
-  size_t loaded = 0, active = 0, running_jobs = 0;
+  size_t loaded = 0, active = 0;
   for (const auto& m : worker_->status()) {
     ++loaded;
     active += static_cast<size_t>(m.active);
   }
-  for (const auto& j : registry_->jobs()) {
-    if (j.state == "running" || j.state == "queued") ++running_jobs;
-  }
-  return cat("serving: ", loaded, " model(s) loaded, ", active, " request(s) generating, ", running_jobs, " job(s) running, ",
+  // Live counts, not a registry scan: this runs every few seconds.
+  return cat("serving: ", loaded, " model(s) loaded, ", active, " request(s) generating, ", jobs_->n_live(), " job(s) running, ",
              hub_->sessions().size(), " Hub pull(s)");
 }
 

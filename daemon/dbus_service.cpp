@@ -21,6 +21,7 @@
 
 #include "daemon/authz.h"
 #include "daemon/daemon.h"
+#include "daemon/handler_support.h"
 #include "daemon/log.h"
 #include "engine/error.h"
 #include "engine/kernel_plan.h"
@@ -159,13 +160,7 @@ int append_devices(const Daemon& d, sd_bus_message* reply) {
   // GPUs once the start-up probe answered (it runs on its own thread; until then, the CPU only).
   if (d.gpu_probe().state == GpuProbe::State::done) {
     for (const auto& g : d.gpu_probe().result.devices) {
-      kernels::DeviceDesc desc;
-      desc.kind = kernels::DeviceKind::cuda;
-      desc.index = g.index;
-      desc.name = g.name;
-      desc.cc_major = g.cc_major;
-      desc.cc_minor = g.cc_minor;
-      desc.host = host.host;
+      const kernels::DeviceDesc desc = handlers::gpu_desc(g);
       const std::string id = cat("cuda:", g.index), cc = cat(g.cc_major, ".", g.cc_minor);
       r = sd_bus_message_append(reply, "(sssss)", id.c_str(), "cuda", g.name.c_str(), cc.c_str(),
                                 kernels_summary(desc).c_str());

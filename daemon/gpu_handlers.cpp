@@ -75,17 +75,6 @@ std::string device_label(const kernels::DeviceDesc& d) {
   return d.kind == kernels::DeviceKind::cuda ? "cuda:" + std::to_string(d.index) : std::string("cpu");
 }
 
-kernels::DeviceDesc gpu_desc(const kernels::cuda::CudaDeviceInfo& g) {
-  kernels::DeviceDesc d;
-  d.kind = kernels::DeviceKind::cuda;
-  d.index = g.index;
-  d.name = g.name;
-  d.cc_major = g.cc_major;
-  d.cc_minor = g.cc_minor;
-  d.host = kernels::host_cpu_device().host;
-  return d;
-}
-
 // The device models run on. This gptqd serves on the CPU only (the CUDA backend is a later issue).
 const kernels::DeviceDesc& serving_device() { return kernels::host_cpu_device(); }
 
@@ -258,6 +247,18 @@ json kernels_json() {
 }
 
 }  // namespace
+
+kernels::DeviceDesc gpu_desc(const kernels::cuda::CudaDeviceInfo& g) {
+  kernels::DeviceDesc d;
+  d.kind = kernels::DeviceKind::cuda;
+  d.index = g.index;
+  d.name = g.name;
+  d.cc_major = g.cc_major;
+  d.cc_minor = g.cc_minor;
+  d.host = kernels::host_cpu_device().host;
+  return d;
+}
+
 
 awaitable<json> kernel_plan_json(Daemon& d, const RegistryTag& t) {
   if (!is_gptq_tag(t)) co_return json();

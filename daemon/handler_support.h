@@ -18,6 +18,8 @@
 #include "daemon/protocol.h"
 #include "daemon/registry.h"
 #include "engine/error.h"
+#include "kernels/cuda/cuda_probe.h"
+#include "kernels/dispatch.h"
 
 namespace gptqd::daemon {
 
@@ -82,6 +84,8 @@ boost::asio::awaitable<void> handle_blob(Daemon& d, Request& req, ResponseWriter
 
 // GPUs and INT4 kernels (gpu_handlers.cpp).
 boost::asio::awaitable<void> handle_gpu(Daemon& d, Request& req, ResponseWriter& w);
+// A probed GPU as the dispatch table sees it.
+kernels::DeviceDesc gpu_desc(const kernels::cuda::CudaDeviceInfo& g);
 // The kernel plan of a GPTQ tag on the serving device (POST /api/show "kernels"); null for a
 // model that is not GPTQ.
 boost::asio::awaitable<nlohmann::json> kernel_plan_json(Daemon& d, const RegistryTag& t);

@@ -22,6 +22,7 @@
 #include <numeric>
 #include <thread>
 
+#include "daemon/blob_store.h"
 #include "engine/error.h"
 #include "engine/json_strict.h"
 
@@ -169,16 +170,6 @@ std::string hub_message(const std::string& body) {
        r.status >= 500 ? "; the Hub may be down, try again later" : "");
 }
 
-std::string hex(const unsigned char* d, unsigned n) {
-  static const char* digits = "0123456789abcdef";
-  std::string out;
-  for (unsigned i = 0; i < n; ++i) {
-    out += digits[d[i] >> 4];
-    out += digits[d[i] & 15];
-  }
-  return out;
-}
-
 // sha256 and git's blob sha1 ("blob <size>\0" + content) of a file, in one read.
 void digest_file(const fs::path& p, uint64_t size, std::string* sha256, std::string* git_sha1) {
   std::unique_ptr<EVP_MD_CTX, decltype(&EVP_MD_CTX_free)> a(EVP_MD_CTX_new(), EVP_MD_CTX_free),
@@ -203,9 +194,9 @@ void digest_file(const fs::path& p, uint64_t size, std::string* sha256, std::str
   unsigned char d[EVP_MAX_MD_SIZE];
   unsigned n = 0;
   EVP_DigestFinal_ex(a.get(), d, &n);
-  *sha256 = hex(d, n);
+  *sha256 = hex_of(d, n);
   EVP_DigestFinal_ex(b.get(), d, &n);
-  *git_sha1 = hex(d, n);
+  *git_sha1 = hex_of(d, n);
 }
 
 bool is_hex(const std::string& s, size_t len) {

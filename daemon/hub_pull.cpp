@@ -110,6 +110,12 @@ class FileProgress {
   double rate_ = 0;
 };
 
+// "org/name@<sha>:<path>": a Hub file for the log and the registry's downloads table, and the
+// partial's key when the Hub lists neither an LFS oid nor a blob id.
+std::string file_source(const HubRepoRef& ref, const std::string& sha, const std::string& path) {
+  return cat(ref.kind == RepoKind::dataset ? "datasets/" : "", ref.repo_id, "@", sha, ":", path);
+}
+
 // A fetched file: the verified partial (or a blob the store already had), the key of its
 // download, and the lock that keeps other pulls off that key until it is published.
 struct Fetched {
@@ -128,7 +134,7 @@ class Fetcher {
 
   Fetched hub_file(const HubRepoRef& ref, const std::string& sha, const HubFile& f, const std::string& name,
                    size_t index, size_t n) {
-    const std::string source = cat(ref.kind == RepoKind::dataset ? "datasets/" : "", ref.repo_id, "@", sha, ":", f.path);
+    const std::string source = file_source(ref, sha, f.path);
     Fetched out;
     out.key = download_key(f, source);
     json base = progress_event("pulling " + f.path);
@@ -285,7 +291,8 @@ void fetch_metadata(ModelPullWork& w, Fetcher& fetch, BlobStore& store, HubPulls
     const bool fetched = std::any_of(w.fetched.begin(), w.fetched.end(), [&](const Fetched& x) { return x.staged.name == f.path; });
     if (fetched) continue;
     if (!f.lfs_sha256.empty() && fs::exists(store.blob_path("sha256:" + f.lfs_sha256))) continue;
-    const uint64_t done = DownloadState::from_json(pulls.state_of(download_key(f, ""))).completed();
+    const uint64_t done =
+        DownloadState::from_json(pulls.state_of(download_key(f, file_source(w.ref, w.info.sha, f.path)))).completed();
     need += f.size - std::min(f.size, done);
   }
   store.check_free_space(need);

@@ -48,6 +48,8 @@ class JobManager {
   // job is not live (finished: the caller sends its final state).
   std::shared_ptr<AsyncQueue<nlohmann::json>> follow(int64_t id);
   void unfollow(int64_t id, const std::shared_ptr<AsyncQueue<nlohmann::json>>& queue);
+  // Quantize jobs queued or running in this process.
+  size_t n_live() const { return live_.size(); }
   // NAME:TAG refs a live job reads (its source) or will write (its target).
   bool uses_model(const std::string& name, const std::string& tag) const;
   // One observer (D-Bus) sees every event of every job as followers do, the final one included

@@ -126,6 +126,20 @@ TEST_F(ServiceTest, NotifiesReadyStatusWatchdogAndStopping) {
   EXPECT_GE(pings, 5) << "2 s at one ping per 200 ms";
   EXPECT_LT(max_gap.count(), 800) << "pings stopped for several intervals";
 
+  // STATUS= follows what the daemon serves: a model loaded by a request shows up.
+  const fs::path model = dir_ / "tiny.gguf";
+  test::write_tiny_gguf(model);
+  ASSERT_EQ(daemon_->ctl({"pull", model.string(), "--name", "tiny"}).exit_code, 0);
+  auto gen = test::http_request(daemon_->socket(), "POST", "/api/generate",
+                                json{{"model", "tiny"}, {"prompt", "hi"}, {"stream", false},
+                                     {"options", {{"num_ctx", 64}, {"num_predict", 2}}}}.dump());
+  EXPECT_EQ(gen.status, 200) << gen.body;
+  bool loaded = false;
+  for (int i = 0; i < 100 && !loaded; ++i) {
+    loaded = notify.next(std::chrono::milliseconds(100)).find("STATUS=serving: 1 model(s) loaded") != std::string::npos;
+  }
+  EXPECT_TRUE(loaded) << "no STATUS= update after a model loaded";
+
   ASSERT_EQ(::kill(daemon_->pid(), SIGTERM), 0);
   std::string stopping;
   for (int i = 0; i < 50 && stopping.find("STOPPING=1") == std::string::npos; ++i) stopping = notify.next(std::chrono::seconds(1));
