@@ -25,6 +25,10 @@ constexpr KernelId kCudaCandidates[] = {KernelId::cuda_tensor_core, KernelId::cu
 constexpr KernelId kCpuCandidates[] = {KernelId::cpu_avx512, KernelId::cpu_avx2, KernelId::cpu_dequant_blas,
                                        KernelId::cpu_scalar};
 
+// Why an eligible CUDA kernel does not run. The kernels exist (kernels/cuda/gptq_cuda.cu, built
+// whenever nvcc is found) but the engine has no CUDA backend to call them from yet.
+constexpr const char* kCudaNotServing = "conditions hold, but this gptqd cannot run the CUDA kernels yet (no GPU backend)";
+
 bool is_cuda_kernel(KernelId id) { return id <= KernelId::cuda_dequant_gemm; }
 
 // The group size that matters for tiling: one group over all of K (-1, K itself, or more than
@@ -57,6 +61,30 @@ bool cuda_sm_ok(const DeviceDesc& d, std::string* why) {
   }
   if (d.sm() < 75) {
     if (why) set(why, {"this build's CUDA kernels need sm75 or newer, device is sm", num(d.sm())});
+    return false;
+  }
+  return true;
+}
+
+// The GEMV layout (kernels/cuda/gptq_cuda_layout.h), which the GEMV and dequantize kernels read:
+// the checkpoint packing in 32-row units along K, each unit inside one group, 4 columns per
+// vector load. A last partial group is fine.
+bool gemv_layout_ok(const LinearDesc& l, std::string* why) {
+  if (l.bits != 2 && l.bits != 3 && l.bits != 4 && l.bits != 8) {
+    if (why) set(why, {"the GEMV layout handles 2, 3, 4 and 8 bits, not ", num(l.bits)});
+    return false;
+  }
+  if (l.K % 32 != 0) {
+    if (why) set(why, {"the GEMV layout needs K % 32 == 0, K=", num(l.K)});
+    return false;
+  }
+  if (l.N % 4 != 0) {
+    if (why) set(why, {"the GEMV layout needs N % 4 == 0, N=", num(l.N)});
+    return false;
+  }
+  const int64_t g = effective_group(l);
+  if (g != -1 && g % 32 != 0) {
+    if (why) set(why, {"the GEMV layout needs a group size that is a multiple of 32 (or one group), this linear has ", num(g)});
     return false;
   }
   return true;
@@ -103,16 +131,7 @@ bool conditions_hold(KernelId k, const DeviceDesc& d, const LinearDesc& l, int64
       return true;
     }
     case KernelId::cuda_gemv: {
-      if (!cuda_sm_ok(d, why)) return false;
-      if (l.bits != 2 && l.bits != 3 && l.bits != 4 && l.bits != 8) {
-        if (why) set(why, {"GEMV kernel handles 2, 3, 4 and 8 bits, not ", num(l.bits)});
-        return false;
-      }
-      const int64_t g = effective_group(l);
-      if (g != -1 && l.K % g != 0) {
-        if (why) set(why, {"group size ", num(g), " does not divide K=", num(l.K)});
-        return false;
-      }
+      if (!cuda_sm_ok(d, why) || !gemv_layout_ok(l, why)) return false;
       if (m > kCudaGemvMaxM) {
         if (why) set(why, {"M=", num(m), " is above the GEMV kernel's range (M <= ", num(kCudaGemvMaxM), ")"});
         return false;
@@ -121,12 +140,11 @@ bool conditions_hold(KernelId k, const DeviceDesc& d, const LinearDesc& l, int64
       return true;
     }
     case KernelId::cuda_dequant_gemm: {
-      // Any M: the large-M path, and the GPU fallback of a small M the GEMV kernel rejects (a
-      // group size that does not divide K), which is still far better than the host CPU.
-      if (!cuda_sm_ok(d, why)) return false;
+      // Any M: the large-M path, and the GPU fallback of whatever the two others reject at small M.
+      if (!cuda_sm_ok(d, why) || !gemv_layout_ok(l, why)) return false;
       if (why) {
         if (m > kCudaGemvMaxM) set(why, {"M=", num(m), " is above the GEMV kernel's range: dequantize to fp16, then cuBLAS"});
-        else set(why, {"dequantize to fp16, then cuBLAS (any bits, group size and M)"});
+        else set(why, {"dequantize to fp16, then cuBLAS (any bits and M)"});
       }
       return true;
     }
@@ -221,7 +239,7 @@ const char* kernel_description(KernelId id) {
   switch (id) {
     case KernelId::cuda_tensor_core: return "sm80+ tensor-core INT4 GEMM (Marlin-style mma.sync), any M";
     case KernelId::cuda_gemv: return "sm75+ GEMV / small M, dequantizing in registers";
-    case KernelId::cuda_dequant_gemm: return "sm75+ large M: dequantize to fp16 tiles, then cuBLAS";
+    case KernelId::cuda_dequant_gemm: return "sm75+ large M: dequantize to fp16, then cuBLAS";
     case KernelId::cpu_avx512: return "AVX-512 INT4 GEMV / small M";
     case KernelId::cpu_avx2: return "AVX2+FMA INT4 GEMV / small M";
     case KernelId::cpu_dequant_blas: return "large M: dequantize tiles to fp32, then OpenBLAS sgemm";
@@ -234,7 +252,7 @@ bool kernel_built(KernelId id) {
   switch (id) {
     case KernelId::cuda_tensor_core:
     case KernelId::cuda_gemv:
-    case KernelId::cuda_dequant_gemm: return false;  // the CUDA kernels are the next issue
+    case KernelId::cuda_dequant_gemm: return false;  // no GPU backend calls them yet (kCudaNotServing)
     case KernelId::cpu_avx512:
     case KernelId::cpu_avx2:
 #if defined(__x86_64__)
@@ -286,7 +304,7 @@ Choice choose_kernel(const DeviceDesc& device, const LinearDesc& linear, int64_t
     } else if (have_winner) {
       c.reason = std::string("lower priority than ") + kernel_name(choice.kernel);
     } else if (!c.built) {
-      c.reason = is_cuda_kernel(*k) ? "conditions hold, but this gptqd does not contain the CUDA kernels yet"
+      c.reason = is_cuda_kernel(*k) ? kCudaNotServing
                                     : "conditions hold, but this gptqd was built without the x86 SIMD kernels";
     } else {
       c.chosen = true;

@@ -46,8 +46,9 @@ std::string describe_quantization(const LinearDesc& linear);
 // Every kernel gptqd knows, built or not. Order = priority: the first eligible one runs.
 enum class KernelId {
   cuda_tensor_core,   // sm80+: Marlin-style mma.sync kernel, 4-bit sym, K%128, N%64, gs in {-1,32,64,128}
-  cuda_gemv,          // sm75+: dequantize-in-registers GEMV / small M (M <= kCudaGemvMaxM)
-  cuda_dequant_gemm,  // sm75+: dequantize to fp16 tiles + cuBLAS, large M
+  cuda_gemv,          // sm75+: dequantize-in-registers GEMV / small M (M <= kCudaGemvMaxM), 2/3/4/8-bit,
+                      //   K % 32, N % 4, group size a multiple of 32 or one group
+  cuda_dequant_gemm,  // sm75+: dequantize to fp16 + cuBLAS, any M; the GEMV kernel's layout conditions
   cpu_avx512,         // AVX-512F/BW/VL+FMA+F16C: the direct INT4 kernel, any M
   cpu_avx2,           // AVX2+FMA+F16C: the same kernel on 8-wide vectors, M <= kCpuDirectMaxM
   cpu_dequant_blas,   // any CPU: dequantize tiles to fp32 + OpenBLAS sgemm, large M
@@ -60,7 +61,8 @@ constexpr int64_t kCudaGemvMaxM = 16;   // the CUDA GEMV kernel's M range
 
 const char* kernel_name(KernelId id);         // "cpu-avx512", "cuda-tensor-core", ...
 const char* kernel_description(KernelId id);  // one line for humans
-bool kernel_built(KernelId id);               // false for kernels this binary does not contain yet
+bool kernel_built(KernelId id);               // false for kernels this binary cannot run (the CUDA ones
+                                              // until the engine has a GPU backend)
 
 // A set of kernels as bits (1 << KernelId), for asking what would run with kernels this binary
 // lacks (tests, and the "intended" choice once the CUDA kernels exist).

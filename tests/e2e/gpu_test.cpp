@@ -104,7 +104,7 @@ TEST(GpuProbe, TwoFakeGpusAndTheirKernels) {
   EXPECT_EQ(tc["eligible"], true);
   EXPECT_EQ(tc["built"], false);
   EXPECT_EQ(tc["chosen"], false);
-  EXPECT_TRUE(contains(tc["reason"], "conditions hold, but this gptqd does not contain the CUDA kernels yet")) << tc;
+  EXPECT_TRUE(contains(tc["reason"], "conditions hold, but this gptqd cannot run the CUDA kernels yet (no GPU backend)")) << tc;
   EXPECT_EQ(row_of(common_of(doc, "cuda:0"), kUsual, 512)["intended"], "cuda-tensor-core");
 
   // T4: sm75 has no tensor-core kernel; GEMV for decode, dequantize + cuBLAS for prefill.
@@ -114,12 +114,14 @@ TEST(GpuProbe, TwoFakeGpusAndTheirKernels) {
   EXPECT_EQ(t["intended"], "cuda-gemv");
   EXPECT_EQ(row_of(common_of(doc, "cuda:1"), kUsual, 512)["intended"], "cuda-dequant-gemm");
 
-  // K=10944 is no multiple of 128, and the group size must divide K for the GEMV kernel.
+  // K=10944 is no multiple of 128: the GEMV kernel, which takes a partial last group.
   const json odd = row_of(common_of(doc, "cuda:0"), "4-bit g128 sym K=10944 N=2048", 1);
   EXPECT_EQ(candidate_of(odd, "cuda-tensor-core")["reason"], "tensor-core kernel needs K % 128 == 0, K=10944");
-  EXPECT_EQ(candidate_of(odd, "cuda-gemv")["reason"], "group size 128 does not divide K=10944");
+  EXPECT_EQ(odd["intended"], "cuda-gemv");
   const json g96 = row_of(common_of(doc, "cuda:0"), "4-bit g96 sym K=4096 N=4096", 1);
-  EXPECT_EQ(candidate_of(g96, "cuda-gemv")["reason"], "group size 96 does not divide K=4096");
+  EXPECT_EQ(candidate_of(g96, "cuda-tensor-core")["reason"],
+            "tensor-core kernel needs group size -1, 32, 64 or 128, this linear has 96");
+  EXPECT_EQ(g96["intended"], "cuda-gemv");
 
   // The CPU table agrees with this machine's dispatch.
   const auto& host = kernels::host_cpu_device();
@@ -144,7 +146,7 @@ TEST(GpuProbe, TwoFakeGpusAndTheirKernels) {
   auto v = d.ctl({"gpu", "-v"});
   ASSERT_EQ(v.exit_code, 0) << v.output;
   EXPECT_TRUE(contains(v.output, "rejected: cuda-tensor-core: tensor-core kernel needs sm80, device is sm75")) << v.output;
-  EXPECT_TRUE(contains(v.output, "rejected: cuda-tensor-core: conditions hold, but this gptqd does not contain")) << v.output;
+  EXPECT_TRUE(contains(v.output, "rejected: cuda-tensor-core: conditions hold, but this gptqd cannot run the CUDA kernels yet")) << v.output;
   auto j = d.ctl({"gpu", "--json"});
   ASSERT_EQ(j.exit_code, 0) << j.output;
   EXPECT_EQ(json::parse(j.output)["cuda"]["devices"].size(), 2u);
@@ -350,9 +352,9 @@ TEST(KernelPlan, LinearsOfRealShapes) {
   h100.cc_major = 9;
   h100.host = kernels::host_cpu_device().host;
   const auto plan = engine::plan_linears(l, h100, kernels::kAllKernels);
-  // Dequantize + cuBLAS even for decode: the tensor cores need K % 128, the GEMV kernel a group
-  // dividing K=576; the GPU fallback still beats the host CPU.
-  EXPECT_EQ(plan[2].decode.kernel, kernels::KernelId::cuda_dequant_gemm);
+  // The tensor cores need K % 128: the GEMV kernel decodes (its layout takes the partial last
+  // group of K=576), dequantize + cuBLAS prefills.
+  EXPECT_EQ(plan[2].decode.kernel, kernels::KernelId::cuda_gemv);
   EXPECT_EQ(plan[2].decode.runs_on, kernels::DeviceKind::cuda);
   EXPECT_EQ(plan[2].prefill.kernel, kernels::KernelId::cuda_dequant_gemm);
   EXPECT_EQ(plan[3].decode.kernel, kernels::KernelId::cuda_tensor_core);  // down: K=1536, N=576

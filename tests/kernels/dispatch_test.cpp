@@ -244,14 +244,25 @@ TEST(Dispatch, TensorCoreRejectionsNameTheNumbers) {
   EXPECT_TRUE(candidate(choose_kernel(d, lin(4, 4096, 4096, 4096), 1, kAllKernels), K::cuda_tensor_core).eligible);
 }
 
-TEST(Dispatch, GemvNeedsTheGroupToDivideK) {
+TEST(Dispatch, GemvLayoutNeedsWholeUnitsOf32) {
   const DeviceDesc d = gpu(89);
+  // A group of 96 does not divide K=4000, but every 32-row unit lies in one group: the GEMV
+  // layout takes it (the last group is partial).
   Choice c = choose_kernel(d, lin(4, 96, 4000, 4096), 1, kAllKernels);
-  EXPECT_EQ(reason(c, K::cuda_gemv), "group size 96 does not divide K=4000");
-  EXPECT_EQ(c.kernel, K::cuda_dequant_gemm);  // the GPU fallback at any M: dequantizing handles a partial group
+  EXPECT_EQ(c.kernel, K::cuda_gemv);
   EXPECT_EQ(c.runs_on, DeviceKind::cuda);
   c = choose_kernel(d, lin(4, 96, 4000, 4096), 64, kAllKernels);
   EXPECT_EQ(c.kernel, K::cuda_dequant_gemm);
+  // A group of 100 splits units: no CUDA kernel, the host CPU runs it.
+  c = choose_kernel(d, lin(4, 100, 4000, 4096), 1, kAllKernels);
+  EXPECT_EQ(reason(c, K::cuda_gemv),
+            "the GEMV layout needs a group size that is a multiple of 32 (or one group), this linear has 100");
+  EXPECT_EQ(reason(c, K::cuda_dequant_gemm), reason(c, K::cuda_gemv));
+  EXPECT_EQ(c.runs_on, DeviceKind::cpu);
+  EXPECT_EQ(reason(choose_kernel(d, lin(4, 128, 4000, 4098), 1, kAllKernels), K::cuda_gemv),
+            "the GEMV layout needs N % 4 == 0, N=4098");
+  EXPECT_EQ(reason(choose_kernel(d, lin(4, -1, 4000 + 16, 4096), 1, kAllKernels), K::cuda_gemv),
+            "the GEMV layout needs K % 32 == 0, K=4016");
 }
 
 TEST(Dispatch, UnbuiltKernelsSayTheirConditionsHold) {
@@ -262,9 +273,9 @@ TEST(Dispatch, UnbuiltKernelsSayTheirConditionsHold) {
   EXPECT_TRUE(tc.eligible);
   EXPECT_FALSE(tc.built);
   EXPECT_FALSE(tc.chosen);
-  EXPECT_EQ(tc.reason, "conditions hold, but this gptqd does not contain the CUDA kernels yet");
-  EXPECT_EQ(reason(c, K::cuda_gemv), "conditions hold, but this gptqd does not contain the CUDA kernels yet");
-  EXPECT_EQ(reason(c, K::cuda_dequant_gemm), "conditions hold, but this gptqd does not contain the CUDA kernels yet");
+  EXPECT_EQ(tc.reason, "conditions hold, but this gptqd cannot run the CUDA kernels yet (no GPU backend)");
+  EXPECT_EQ(reason(c, K::cuda_gemv), "conditions hold, but this gptqd cannot run the CUDA kernels yet (no GPU backend)");
+  EXPECT_EQ(reason(c, K::cuda_dequant_gemm), "conditions hold, but this gptqd cannot run the CUDA kernels yet (no GPU backend)");
   const Choice t4 = choose_kernel(gpu(75), lin(4, 128, 4096, 4096), 1, kCpuKernels);
   EXPECT_EQ(reason(t4, K::cuda_tensor_core), "tensor-core kernel needs sm80, device is sm75");
 }
@@ -288,7 +299,8 @@ const std::vector<Config>& configs() {
       {"4b g128 act", lin(4, 128, 4096, 4096, true)},
       {"4b g-1", lin(4, -1, 4096, 4096)},
       {"4b g32", lin(4, 32, 4096, 4096)},
-      {"4b g96", lin(4, 96, 4096, 4096)},     // 4096 / 96 is not whole
+      {"4b g96", lin(4, 96, 4096, 4096)},     // 4096 / 96 is not whole, but 96 is whole units of 32
+      {"4b g100", lin(4, 100, 4000, 4096)},   // units of 32 cross groups: no CUDA kernel
       {"8b g128", lin(8, 128, 4096, 4096)},
       {"3b g128", lin(3, 128, 4096, 4096)},
       {"4b g128 asym", lin(4, 128, 4096, 4096, false, false)},
@@ -309,8 +321,7 @@ KernelId intended(int sm, const Config& cfg, int64_t m) {
     return K::cuda_tensor_core;
   }
   if (sm >= 75) {
-    if (m <= 16 && (g == -1 || l.K % g == 0)) return K::cuda_gemv;
-    return K::cuda_dequant_gemm;
+    if (l.K % 32 == 0 && l.N % 4 == 0 && (g == -1 || g % 32 == 0)) return m <= 16 ? K::cuda_gemv : K::cuda_dequant_gemm;
   }
   return m <= 8 ? K::cpu_avx2 : K::cpu_dequant_blas;
 }
@@ -328,13 +339,14 @@ const Expectation kSpelledOut[] = {
     {"4b g128", 75, 1, K::cuda_gemv},                 {"4b g128", 75, 64, K::cuda_dequant_gemm},
     {"4b g128", 70, 1, K::cpu_avx2},                  {"4b g128", 70, 512, K::cpu_dequant_blas},
     {"4b g128 act", 86, 17, K::cuda_tensor_core},     {"4b g-1", 89, 1, K::cuda_tensor_core},
-    {"4b g32", 80, 16, K::cuda_tensor_core},          {"4b g96", 90, 1, K::cuda_dequant_gemm},
+    {"4b g32", 80, 16, K::cuda_tensor_core},          {"4b g96", 90, 1, K::cuda_gemv},
     {"4b g96", 90, 17, K::cuda_dequant_gemm},         {"8b g128", 90, 1, K::cuda_gemv},
     {"8b g128", 90, 512, K::cuda_dequant_gemm},       {"3b g128", 86, 16, K::cuda_gemv},
-    {"4b g128 asym", 89, 1, K::cuda_gemv},            {"4b g128 K576 N1536", 90, 1, K::cuda_dequant_gemm},
+    {"4b g128 asym", 89, 1, K::cuda_gemv},            {"4b g128 K576 N1536", 90, 1, K::cuda_gemv},
     {"4b g128 K576 N1536", 90, 64, K::cuda_dequant_gemm},
     {"4b g64 K1536 N576", 80, 1, K::cuda_tensor_core}, {"4b g64 K10944", 90, 1, K::cuda_gemv},
-    {"4b g128 K10944", 90, 1, K::cuda_dequant_gemm},           {"4b g128 K10944", 90, 512, K::cuda_dequant_gemm},
+    {"4b g128 K10944", 90, 1, K::cuda_gemv},          {"4b g128 K10944", 90, 512, K::cuda_dequant_gemm},
+    {"4b g100", 90, 1, K::cpu_avx2},                  {"4b g100", 75, 512, K::cpu_dequant_blas},
     {"4b g128", 0, 1, K::cpu_avx2},                   {"4b g128", 0, 16, K::cpu_dequant_blas},
 };
 
