@@ -71,25 +71,49 @@ bool Generator::step() {
     finish("cancelled");
     return false;
   }
+  const auto t0 = std::chrono::steady_clock::now();
   if (!prefilled_) {
-    auto t0 = std::chrono::steady_clock::now();
-    // Reuse the cached prefix; always recompute at least the last prompt token for its logits.
-    const auto& cached = session_.tokens();
-    size_t common = 0;
-    while (common < cached.size() && common + 1 < prompt_.size() && cached[common] == prompt_[common]) ++common;
-    session_.truncate(static_cast<int64_t>(common));
-    stats_.n_prompt_cached = static_cast<int64_t>(common);
-    model_.forward(session_, std::span<const int32_t>(prompt_).subspan(common), false, logits_);
+    if (!prefill_started_) {
+      // Reuse the cached prefix; always recompute at least the last prompt token for its logits.
+      const auto& cached = session_.tokens();
+      size_t common = 0;
+      while (common < cached.size() && common + 1 < prompt_.size() && cached[common] == prompt_[common]) ++common;
+      session_.truncate(static_cast<int64_t>(common));
+      stats_.n_prompt_cached = static_cast<int64_t>(common);
+      prefill_pos_ = common;
+      prefill_started_ = true;
+    }
+    const size_t remaining = prompt_.size() - prefill_pos_;
+    const size_t chunk =
+        options_.prefill_chunk > 0 ? std::min(remaining, static_cast<size_t>(options_.prefill_chunk)) : remaining;
+    const auto part = std::span<const int32_t>(prompt_).subspan(prefill_pos_, chunk);
+    if (chunk < remaining) {
+      model_.prefill(session_, part);
+      prefill_pos_ += chunk;
+      stats_.prompt_ms += ms_since(t0);
+      return true;
+    }
+    model_.forward(session_, part, false, logits_);
+    prefill_pos_ = prompt_.size();
     history_ = prompt_;
     prefilled_ = true;
-    stats_.prompt_ms = ms_since(t0);
+    stats_.prompt_ms += ms_since(t0);
   } else {
-    auto t0 = std::chrono::steady_clock::now();
     const int32_t last = stats_.tokens.back();
     model_.forward(session_, std::span<const int32_t>(&last, 1), false, logits_);
     stats_.decode_ms += ms_since(t0);
   }
+  return after_forward();
+}
 
+bool Generator::step_with_logits(std::span<const float> logits, double forward_ms) {
+  if (!wants_decode()) return step();
+  logits_.assign(logits.begin(), logits.end());
+  stats_.decode_ms += forward_ms;
+  return after_forward();
+}
+
+bool Generator::after_forward() {
   auto t0 = std::chrono::steady_clock::now();
   if (options_.max_tokens >= 0 && stats_.n_generated >= options_.max_tokens) {
     finish("length");
@@ -123,6 +147,29 @@ bool Generator::step() {
     return false;
   }
   return true;
+}
+
+size_t decode_batch(const LlamaModel& model, std::span<Generator* const> batch, BatchScratch& scratch) {
+  std::vector<Generator*> ready;
+  std::vector<Session*> sessions;
+  std::vector<int32_t> tokens;
+  for (Generator* g : batch) {
+    if (!g->wants_decode()) continue;
+    if (&g->model() != &model) fail(ErrorCode::internal, "decode_batch: a generator of another model");
+    ready.push_back(g);
+    sessions.push_back(&g->session());
+    tokens.push_back(g->decode_token());
+  }
+  if (ready.empty()) return 0;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::vector<float>& logits = scratch.logits;
+  model.forward_batch(sessions, tokens, scratch, logits);
+  const double ms = ms_since(t0);
+  const size_t V = static_cast<size_t>(model.config().vocab_size);
+  for (size_t i = 0; i < ready.size(); ++i) {
+    ready[i]->step_with_logits(std::span<const float>(logits.data() + i * V, V), ms);
+  }
+  return ready.size();
 }
 
 GenerateStats generate(const LlamaModel& model, Session& session, std::vector<int32_t> prompt,

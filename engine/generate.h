@@ -20,6 +20,8 @@ struct GenerateOptions {
   SamplingOptions sampling;
   int64_t max_tokens = -1;            // num_predict: -1 = until EOS, a stop string or a full context
   std::vector<std::string> stop;      // stop strings, matched across token boundaries, never emitted
+  int64_t prefill_chunk = 0;          // prompt tokens per step (0: the whole prompt in one step), so a
+                                      // scheduler can run other requests between the chunks of a long one
 
   void validate() const;              // Error(invalid_argument) naming the option
 };
@@ -45,8 +47,17 @@ class Generator {
   Generator(const LlamaModel& model, Session& session, std::vector<int32_t> prompt, GenerateOptions options,
             OnPiece on_piece);
 
-  // One unit of work: the whole prompt on the first call, one token after. False once done.
+  // One unit of work: the prompt (or its next prefill_chunk tokens), then one token per call.
+  // False once done.
   bool step();
+  // Whether the next step is a one-token decode, which decode_batch can share with others.
+  bool wants_decode() const { return prefilled_ && !done_ && !cancelled_; }
+  // That step with logits computed elsewhere (decode_batch): the token fed was decode_token(),
+  // `forward_ms` the time its forward took.
+  bool step_with_logits(std::span<const float> logits, double forward_ms);
+  int32_t decode_token() const { return stats_.tokens.back(); }
+  Session& session() const { return session_; }
+  const LlamaModel& model() const { return model_; }
   bool done() const { return done_; }
   // Stops at the next step with done_reason "cancelled".
   void cancel() { cancelled_ = true; }
@@ -55,6 +66,7 @@ class Generator {
  private:
   void finish(const char* reason);
   bool emit(const std::string& text);
+  bool after_forward();  // sample from logits_, emit, decide whether to go on
 
   const LlamaModel& model_;
   Session& session_;
@@ -68,9 +80,17 @@ class Generator {
   std::vector<int32_t> history_;
   GenerateStats stats_;
   bool prefilled_ = false;
+  bool prefill_started_ = false;
+  size_t prefill_pos_ = 0;  // prompt tokens already in the session
   bool done_ = false;
   bool cancelled_ = false;
 };
+
+// One decode step for every generator in `batch` that wants one (wants_decode), as a single
+// forward_batch of their sessions; the others are left alone. All must share `model`. Returns how
+// many stepped. Batched and one-by-one decoding run the same operations per row; they can differ
+// in the last bits where a kernel sums differently for several rows (BLAS sgemm vs sgemv).
+size_t decode_batch(const LlamaModel& model, std::span<Generator* const> batch, BatchScratch& scratch);
 
 // Runs a Generator to the end.
 GenerateStats generate(const LlamaModel& model, Session& session, std::vector<int32_t> prompt,

@@ -90,6 +90,93 @@ void LlamaModel::forward(Session& s, std::span<const int32_t> tokens, bool all_p
   }
 }
 
+void LlamaModel::prefill(Session& s, std::span<const int32_t> tokens) const {
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t V = info_.config.vocab_size;
+  if (s.pos_ + n > s.n_ctx_) {
+    fail(ErrorCode::invalid_argument, "the context is full: ", s.pos_, " + ", n, " tokens exceed num_ctx ", s.n_ctx_);
+  }
+  for (int32_t t : tokens) {
+    if (t < 0 || t >= V) fail(ErrorCode::invalid_argument, "token id ", t, " is outside the vocabulary [0, ", V, ")");
+  }
+  for (int64_t begin = 0; begin < n; begin += kChunk) {
+    const int64_t len = std::min(kChunk, n - begin);
+    forward_chunk(s, tokens.subspan(static_cast<size_t>(begin), static_cast<size_t>(len)), false, nullptr);
+  }
+}
+
+void LlamaModel::forward_batch(std::span<Session* const> sessions, std::span<const int32_t> tokens, BatchScratch& b,
+                               std::vector<float>& logits) const {
+  const ModelConfig& c = info_.config;
+  const int64_t n = static_cast<int64_t>(sessions.size());
+  const int64_t V = c.vocab_size;
+  if (n == 0 || tokens.size() != sessions.size()) {
+    fail(ErrorCode::invalid_argument, "a batch needs one token per session (", tokens.size(), " tokens, ", n, " sessions)");
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    const Session* s = sessions[static_cast<size_t>(i)];
+    if (s->pos_ + 1 > s->n_ctx_) fail(ErrorCode::invalid_argument, "the context is full: ", s->pos_, " tokens of num_ctx ", s->n_ctx_);
+    if (std::find(sessions.begin(), sessions.begin() + i, s) != sessions.begin() + i) {
+      fail(ErrorCode::invalid_argument, "a session appears twice in one batch");
+    }
+    const int32_t t = tokens[static_cast<size_t>(i)];
+    if (t < 0 || t >= V) fail(ErrorCode::invalid_argument, "token id ", t, " is outside the vocabulary [0, ", V, ")");
+  }
+  Backend& be = *backend_;
+  const int64_t H = c.hidden_size, Q = c.n_heads * c.head_dim, KV = c.n_kv_heads * c.head_dim,
+                I = c.intermediate_size, QKV = Q + 2 * KV;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  ensure(b.x, n * H);
+  ensure(b.h, n * H);
+  ensure(b.qkv, n * QKV);
+  ensure(b.attn, n * Q);
+  ensure(b.gate_up, n * 2 * I);
+  ensure(b.act, n * I);
+  ensure(b.tmp, n * H);
+  b.positions.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
+    b.positions[static_cast<size_t>(i)] = static_cast<int32_t>(sessions[static_cast<size_t>(i)]->pos_);
+    weights_.embed.row(tokens[static_cast<size_t>(i)], b.x.data() + i * H);
+  }
+  for (size_t li = 0; li < weights_.layers.size(); ++li) {
+    const LayerWeights& L = weights_.layers[li];
+    be.rms_norm(b.x.data(), L.attn_norm.data(), n, H, eps, b.h.data());
+    be.matmul(L.qkv, b.h.data(), n, b.qkv.data());
+    if (!L.qkv_bias.empty()) {
+      for (int64_t i = 0; i < n; ++i) be.add(b.qkv.data() + i * QKV, L.qkv_bias.data(), QKV);
+    }
+    be.rope(b.qkv.data(), n, QKV, c.n_heads, c.head_dim, b.positions.data(), inv_freq_.data());
+    be.rope(b.qkv.data() + Q, n, QKV, c.n_kv_heads, c.head_dim, b.positions.data(), inv_freq_.data());
+    // Each row's k and v go into its own session's cache; attention is per session (its own
+    // length), the one part of the step that is not shared.
+    for (int64_t i = 0; i < n; ++i) {
+      Session& s = *sessions[static_cast<size_t>(i)];
+      const float* row = b.qkv.data() + i * QKV;
+      float* k_cache = s.k_cache_[li].data();
+      float* v_cache = s.v_cache_[li].data();
+      std::memcpy(k_cache + s.pos_ * KV, row + Q, static_cast<size_t>(KV) * sizeof(float));
+      std::memcpy(v_cache + s.pos_ * KV, row + Q + KV, static_cast<size_t>(KV) * sizeof(float));
+      be.attention(row, QKV, k_cache, v_cache, KV, 1, s.pos_, c.n_heads, c.n_kv_heads, c.head_dim,
+                   b.attn.data() + i * Q);
+    }
+    be.matmul(L.o, b.attn.data(), n, b.tmp.data());
+    be.add(b.x.data(), b.tmp.data(), n * H);
+    be.rms_norm(b.x.data(), L.ffn_norm.data(), n, H, eps, b.h.data());
+    be.matmul(L.gate_up, b.h.data(), n, b.gate_up.data());
+    be.silu_mul(b.gate_up.data(), n, I, b.act.data());
+    be.matmul(L.down, b.act.data(), n, b.tmp.data());
+    be.add(b.x.data(), b.tmp.data(), n * H);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    Session& s = *sessions[static_cast<size_t>(i)];
+    ++s.pos_;
+    s.tokens_.push_back(tokens[static_cast<size_t>(i)]);
+  }
+  logits.resize(static_cast<size_t>(n * V));
+  be.rms_norm(b.x.data(), weights_.norm.data(), n, H, eps, b.h.data());
+  be.matmul(weights_.output(), b.h.data(), n, logits.data());
+}
+
 // One chunk: x = embed(tokens); per layer attention and SwiGLU MLP with pre-norms and
 // residuals; final norm; logits for the last row (or all rows). Shapes in the comments use
 // n = chunk length, H = hidden, Q = n_heads*head_dim, KV = n_kv_heads*head_dim, I = intermediate.

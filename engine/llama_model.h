@@ -25,6 +25,14 @@ struct LoadOptions {
   bool keep_f16 = true;  // fp16 stays fp16, GPTQ stays packed (INT4 kernels); false: all dense fp32
 };
 
+// Scratch activations of a batched decode step (forward_batch); owned by whoever batches, reused
+// across steps.
+struct BatchScratch {
+  std::vector<float> x, h, qkv, attn, gate_up, act, tmp;
+  std::vector<float> logits;  // decode_batch's [B, vocab]
+  std::vector<int32_t> positions;
+};
+
 class LlamaModel {
  public:
   // Loads a model from its files (a .gguf, or an HF folder's files by logical name). Validates
@@ -45,6 +53,14 @@ class LlamaModel {
   // Error(invalid_argument) when the tokens do not fit the session's context or an id is out of
   // the vocabulary.
   void forward(Session& session, std::span<const int32_t> tokens, bool all_positions, std::vector<float>& logits) const;
+  // The same without computing logits (a prompt chunk whose output nobody needs).
+  void prefill(Session& session, std::span<const int32_t> tokens) const;
+  // One decode step of several sessions at once: token i goes to session i at its own position;
+  // every matmul reads its weights once for all of them, attention runs per session. logits
+  // [B, vocab]. Error(invalid_argument) for a full session, a repeated session or a bad token;
+  // nothing is written then.
+  void forward_batch(std::span<Session* const> sessions, std::span<const int32_t> tokens, BatchScratch& scratch,
+                     std::vector<float>& logits) const;
 
  private:
   LlamaModel() = default;
