@@ -106,10 +106,11 @@ bool Generator::step() {
   return after_forward();
 }
 
-bool Generator::step_with_logits(std::span<const float> logits, double forward_ms) {
+bool Generator::step_with_logits(std::span<const float> logits, double forward_ms, int64_t batch_size) {
   if (!wants_decode()) return step();
   logits_.assign(logits.begin(), logits.end());
   stats_.decode_ms += forward_ms;
+  stats_.batch_peak = std::max(stats_.batch_peak, batch_size);
   return after_forward();
 }
 
@@ -167,7 +168,7 @@ size_t decode_batch(const LlamaModel& model, std::span<Generator* const> batch, 
   const double ms = ms_since(t0);
   const size_t V = static_cast<size_t>(model.config().vocab_size);
   for (size_t i = 0; i < ready.size(); ++i) {
-    ready[i]->step_with_logits(std::span<const float>(logits.data() + i * V, V), ms);
+    ready[i]->step_with_logits(std::span<const float>(logits.data() + i * V, V), ms, static_cast<int64_t>(ready.size()));
   }
   return ready.size();
 }

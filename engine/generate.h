@@ -34,6 +34,7 @@ struct GenerateStats {
   double decode_ms = 0;               // time spent generating after the prefill
   std::string done_reason;            // "stop" (EOS or stop string), "length", "cancelled"
   std::vector<int32_t> tokens;        // the generated ids (EOS not included)
+  int64_t batch_peak = 1;             // the most requests decoded together with this one (decode_batch)
 };
 
 // Receives generated text (always whole UTF-8 characters); returns false to cancel.
@@ -54,7 +55,7 @@ class Generator {
   bool wants_decode() const { return prefilled_ && !done_ && !cancelled_; }
   // That step with logits computed elsewhere (decode_batch): the token fed was decode_token(),
   // `forward_ms` the time its forward took.
-  bool step_with_logits(std::span<const float> logits, double forward_ms);
+  bool step_with_logits(std::span<const float> logits, double forward_ms, int64_t batch_size = 1);
   int32_t decode_token() const { return stats_.tokens.back(); }
   Session& session() const { return session_; }
   const LlamaModel& model() const { return model_; }

@@ -156,6 +156,9 @@ TEST(BatchDecode, GreedyTokensEqualSeparateGenerationWithJoinsAndLeaves) {
     }
     ASSERT_TRUE(active.empty());
     EXPECT_GE(max_batch, 3u) << "requests never overlapped";
+    int64_t peak = 0;
+    for (const auto& g : gens) peak = std::max(peak, g->stats().batch_peak);
+    EXPECT_EQ(peak, static_cast<int64_t>(max_batch));
     for (size_t i = 0; i < kPrompts.size(); ++i) {
       EXPECT_EQ(gens[i]->stats().tokens, want[i]) << "request " << i;
       EXPECT_EQ(gens[i]->stats().done_reason, want[i].size() == static_cast<size_t>(max_tokens[i]) ? "length" : "stop");
