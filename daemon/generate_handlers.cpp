@@ -5,6 +5,7 @@
 #include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
 
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <chrono>
 #include <ctime>
 #include <fstream>
@@ -12,6 +13,7 @@
 
 #include "daemon/async_util.h"
 #include "daemon/daemon.h"
+#include "daemon/gen_options.h"
 #include "daemon/generation_task.h"
 #include "daemon/handler_support.h"
 #include "daemon/log.h"
@@ -45,27 +47,9 @@ std::string random_id(const char* prefix) {
   return buf;
 }
 
-// Ollama options -> engine options, range-checked by the engine.
+// Ollama options -> engine options; no seed: a different draw each time, as without a seed in Ollama.
 engine::GenerateOptions to_engine(const protocol::GenOptions& o) {
-  engine::GenerateOptions g;
-  auto& s = g.sampling;
-  if (o.temperature) s.temperature = *o.temperature;
-  if (o.top_k) s.top_k = static_cast<int>(std::clamp<int64_t>(*o.top_k, INT32_MIN, INT32_MAX));
-  if (o.top_p) s.top_p = *o.top_p;
-  if (o.min_p) s.min_p = *o.min_p;
-  if (o.repeat_penalty) s.repeat_penalty = *o.repeat_penalty;
-  if (o.repeat_last_n) s.repeat_last_n = static_cast<int>(std::clamp<int64_t>(*o.repeat_last_n, -2, INT32_MAX));
-  if (o.presence_penalty) s.presence_penalty = *o.presence_penalty;
-  if (o.frequency_penalty) s.frequency_penalty = *o.frequency_penalty;
-  // No seed: a different draw each time, as without a seed in Ollama.
-  s.seed = o.seed ? *o.seed : (static_cast<uint64_t>(now_ns()) * 0x9e3779b97f4a7c15ull);
-  if (o.num_predict) {
-    if (*o.num_predict < -2) fail(ErrorCode::invalid_argument, "num_predict must be -1 (no limit) or >= 0, not ", *o.num_predict);
-    g.max_tokens = *o.num_predict < 0 ? -1 : *o.num_predict;
-  }
-  if (o.stop) g.stop = *o.stop;
-  g.validate();
-  return g;
+  return to_engine_options(o, static_cast<uint64_t>(now_ns()) * 0x9e3779b97f4a7c15ull);
 }
 
 int64_t num_ctx_of(const protocol::GenOptions& o) {
@@ -78,6 +62,26 @@ std::vector<engine::ChatMessage> to_engine(const std::vector<protocol::ChatMessa
   std::vector<engine::ChatMessage> out;
   for (const auto& m : messages) out.push_back({m.role, m.content});
   return out;
+}
+
+// The request limits of docs/api.md ("Limits") that the daemon's config sets; checked before the
+// engine's own (fixed, larger or equal) caps.
+void check_request_limits(const DaemonConfig& c, const protocol::GenOptions& o, size_t n_messages) {
+  if (n_messages > c.max_messages) {
+    fail(ErrorCode::invalid_argument, "too many messages: ", n_messages, " (max_messages is ", c.max_messages,
+         "); send a shorter conversation");
+  }
+  if (!o.stop) return;
+  if (o.stop->size() > c.max_stop_strings) {
+    fail(ErrorCode::invalid_argument, "too many stop strings: ", o.stop->size(), " (max_stop_strings is ",
+         c.max_stop_strings, ")");
+  }
+  for (size_t i = 0; i < o.stop->size(); ++i) {
+    if ((*o.stop)[i].size() > c.max_stop_bytes) {
+      fail(ErrorCode::invalid_argument, "stop string ", i, " is ", (*o.stop)[i].size(), " bytes (max_stop_bytes is ",
+           c.max_stop_bytes, ")");
+    }
+  }
 }
 
 struct Finished {
@@ -230,9 +234,31 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
     auto task = std::make_shared<GenerationTask>(model_handle(d, tag), keep_alive.value_or(d.config().keep_alive_s),
                                                  std::move(spec), emit);
     std::string why;
-    if (!d.worker().submit(task, &why)) fail(ErrorCode::busy, why);
+    if (!d.worker().submit(task, &why)) {
+      if (why.find("queue is full") != std::string::npos) why += cat(" (max_queue is ", d.config().max_queue, ")");
+      fail(ErrorCode::busy, why);
+    }
+    // max_generation_ms: the deadline cancels the task like a client that hung up.
+    const uint32_t deadline_ms = d.config().max_generation_ms;
+    auto deadline_hit = std::make_shared<bool>(false);
+    std::optional<asio::steady_timer> deadline;
+    if (deadline_ms > 0) {
+      deadline.emplace(exec, std::chrono::milliseconds(deadline_ms));
+      deadline->async_wait([task, deadline_hit](const boost::system::error_code& ec) {
+        if (ec) return;  // cancelled: the generation ended first
+        *deadline_hit = true;
+        task->cancel = true;
+      });
+    }
+    const std::string deadline_message =
+        cat("the generation ran longer than ", deadline_ms, " ms (max_generation_ms) and was stopped; ask for fewer tokens");
 
     std::optional<GenerationEvent> ev = co_await events->pop();
+    if (ev->kind == GenerationEvent::Kind::error && *deadline_hit) {  // it ran out of time in the queue
+      json body = r.error_body(deadline_message, http::status::gateway_timeout);
+      co_await w.send_json(http::status::gateway_timeout, body);
+      co_return;
+    }
     if (ev->kind == GenerationEvent::Kind::error) fail(ev->code, ev->text);
     Finished f;
     f.load_ms = ev->load_ms;
@@ -255,7 +281,8 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
       }
       if (ev->kind == GenerationEvent::Kind::error) {
         if (!w.started()) fail(ev->code, ev->text);
-        co_await w.write_chunk(r.stream_error(ev->text));
+        std::string last = r.stream_error(*deadline_hit ? deadline_message : ev->text);
+        co_await w.write_chunk(std::move(last));
         co_await w.end_stream();
         co_return;
       }
@@ -265,7 +292,19 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
       break;
     }
     if (f.stats.done_reason == "cancelled") {
-      log_info("generation with ", tag.name, ":", tag.tag, " cancelled after ", f.stats.n_generated, " token(s)");
+      log_info("generation with ", tag.name, ":", tag.tag, " cancelled after ", f.stats.n_generated, " token(s)",
+               *deadline_hit ? cat(": ran past max_generation_ms (", deadline_ms, " ms)") : std::string());
+    }
+    if (*deadline_hit && f.stats.done_reason == "cancelled") {
+      if (!stream) {
+        json body = r.error_body(deadline_message, http::status::gateway_timeout);
+        co_await w.send_json(http::status::gateway_timeout, body);
+      } else if (streaming) {
+        std::string last = r.stream_error(deadline_message);
+        co_await w.write_chunk(std::move(last));
+        co_await w.end_stream();
+      }
+      co_return;
     }
     if (stream) {
       if (streaming) {
@@ -289,6 +328,7 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
 
 awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w) {
   auto r = parse_request<protocol::GenerateRequest>(req);
+  check_request_limits(d.config(), r.options, 0);
   GenerationSpec spec;
   spec.prompt = r.prompt;
   spec.system = r.system;
@@ -302,6 +342,7 @@ awaitable<void> handle_generate(Daemon& d, Request& req, ResponseWriter& w) {
 
 awaitable<void> handle_chat(Daemon& d, Request& req, ResponseWriter& w) {
   auto r = parse_request<protocol::ChatRequest>(req);
+  check_request_limits(d.config(), r.options, r.messages.size());
   GenerationSpec spec;
   spec.chat = true;
   spec.messages = to_engine(r.messages);
@@ -324,6 +365,7 @@ awaitable<void> handle_openai(Daemon& d, Request& req, ResponseWriter& w, bool c
     } catch (const protocol::RequestError& e) {
       fail(ErrorCode::invalid_argument, e.what());
     }
+    check_request_limits(d.config(), r.options, r.messages.size());
     GenerationSpec spec;
     spec.chat = chat;
     spec.messages = to_engine(r.messages);

@@ -324,6 +324,7 @@ std::optional<int64_t> parse_keep_alive(const json& j) {
   if (j.is_number()) {
     double v = j.get<double>();
     if (!std::isfinite(v)) throw RequestError("\"keep_alive\" must be finite");
+    if (v > 1e12) throw RequestError("\"keep_alive\" is too long (at most 1e12 seconds; a negative value keeps the model loaded forever)");
     return v < 0 ? -1 : static_cast<int64_t>(v);
   }
   if (!j.is_string()) bad_type("keep_alive", "a duration such as \"5m\" or a number of seconds", j);
@@ -354,7 +355,7 @@ std::optional<int64_t> parse_keep_alive(const json& j) {
     else if (unit == "m") ms = v * 60000;
     else if (unit == "h") ms = v * 3600000;
     else throw RequestError("\"keep_alive\" has an unknown unit '" + unit + "' (use h, m, s or ms)");
-    if (ms > 1e15) throw RequestError("\"keep_alive\" is too long");
+    if (ms > 1e15 || static_cast<double>(total_ms) + ms > 1e15) throw RequestError("\"keep_alive\" is too long");
     total_ms += static_cast<int64_t>(ms);
     any = true;
   }
@@ -641,7 +642,9 @@ json ModelEntry::to_json(bool detailed) const {
   return j;
 }
 
-ModelEntry ModelEntry::from_json(const json& j) {
+namespace {
+
+ModelEntry model_entry_fields(const json& j) {
   ModelEntry e;
   std::string ref = j.value("model", j.value("name", std::string()));
   auto colon = ref.find(':');
@@ -667,6 +670,18 @@ ModelEntry ModelEntry::from_json(const json& j) {
     }
   }
   return e;
+}
+
+}  // namespace
+
+ModelEntry ModelEntry::from_json(const json& j) {
+  if (!j.is_object()) throw RequestError(std::string("model entry must be a JSON object, found ") + j.type_name());
+  try {
+    return model_entry_fields(j);
+  } catch (const json::exception& e) {
+    // A field of the wrong type ("size": "x"): value() throws type_error.302 naming the types.
+    throw RequestError(std::string("model entry: ") + e.what());
+  }
 }
 
 std::string manifest_text(const std::vector<FileEntry>& files) {

@@ -224,6 +224,7 @@ struct ModelEntry {
   std::string ref() const { return name + ":" + tag; }
   // Ollama-compatible fields (name, model, size, digest, modified_at, details{...}) plus ours.
   nlohmann::json to_json(bool detailed) const;
+  // RequestError when `j` is not an object or a field has the wrong type.
   static ModelEntry from_json(const nlohmann::json& j);
 };
 

@@ -16,12 +16,6 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
-void GenerateOptions::validate() const {
-  sampling.validate();
-  if (max_tokens < -1) fail(ErrorCode::invalid_argument, "num_predict must be -1 (no limit) or >= 0, not ", max_tokens);
-  StopMatcher check(stop);  // validates the stop strings
-}
-
 Generator::Generator(const LlamaModel& model, Session& session, std::vector<int32_t> prompt, GenerateOptions options,
                      OnPiece on_piece)
     : model_(model),

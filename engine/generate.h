@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "engine/error.h"
 #include "engine/llama_model.h"
 #include "engine/sampler.h"
 
@@ -23,7 +24,13 @@ struct GenerateOptions {
   int64_t prefill_chunk = 0;          // prompt tokens per step (0: the whole prompt in one step), so a
                                       // scheduler can run other requests between the chunks of a long one
 
-  void validate() const;              // Error(invalid_argument) naming the option
+  // Error(invalid_argument) naming the option. Inline: the request fuzzer runs it without the
+  // rest of the engine.
+  void validate() const {
+    sampling.validate();
+    if (max_tokens < -1) fail(ErrorCode::invalid_argument, "num_predict must be -1 (no limit) or >= 0, not ", max_tokens);
+    StopMatcher check(stop);  // validates the stop strings
+  }
 };
 
 struct GenerateStats {

@@ -96,6 +96,15 @@ nlohmann::json parse_json_strict(std::string_view text, std::string_view where, 
     // "[json.exception.parse_error.101] parse error at line 1, column 2: ..." -> "parse error at ..."
     if (auto pos = msg.find("] "); pos != std::string::npos) msg = msg.substr(pos + 2);
     fail(ErrorCode::invalid_argument, where, ": invalid JSON: ", msg);
+  } catch (const json::out_of_range& e) {
+    // nlohmann throws out_of_range.406 ("number overflow parsing '1e999'") while lexing a number
+    // no double holds, before the value event: the number belongs at the next array slot.
+    std::string number = e.what();
+    const size_t open = number.find('\''), close = number.rfind('\'');
+    number = open != std::string::npos && close > open ? number.substr(open + 1, close - open - 1) : "";
+    if (!stack.empty() && !stack.back().is_object) ++stack.back().n_items;
+    fail(ErrorCode::invalid_argument, where, ": invalid JSON: number ", number, " at ", path_of(stack),
+         " is out of range (numbers must fit a 64-bit float)");
   }
 }
 

@@ -150,9 +150,10 @@ class SentencePieceTokenizer final : public TokenizerBase {
       AddedToken t;
       t.id = static_cast<int32_t>(id);
       t.content = value["content"].get<std::string>();
-      auto flag = [&](const char* name) {
-        const auto f = value.find(name);
-        if (f == value.end() || f->is_null()) return false;
+      // An init-capture, not [&]: clang 14 (the fuzz build) cannot capture a structured binding.
+      auto flag = [&where, &entry = value](const char* name) {
+        const auto f = entry.find(name);
+        if (f == entry.end() || f->is_null()) return false;
         if (!f->is_boolean()) fail(ErrorCode::invalid_model, where, ".", name, " must be a bool");
         return f->get<bool>();
       };

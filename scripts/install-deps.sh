@@ -20,6 +20,8 @@ packages=(
   curl socat python3 python3-venv python3-pip
   dbus-daemon dbus-bin systemd      # the D-Bus tests: a private dbus-daemon, dbus-send, busctl; systemd-analyze
   passwd util-linux                 # useradd for the authorization tests; setpriv, unshare
+  fiu-utils                         # fiu-run/fiu-ctrl: fsync/write faults in tests/e2e/fault_test.cpp
+  clang-14 libclang-rt-14-dev       # libFuzzer + ASan/UBSan runtimes for scripts/fuzz.sh
 )
 
 sudo_cmd=()

@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: Apache-2.0
 # The whole test suite from a fresh clone: installs dependencies, fetches the test model, builds
 # (CUDA code too when nvcc exists) and runs every test. Then the same tests under ASan+UBSan
-# unless GPTQD_SKIP_SANITIZERS=1. Exit status 0 only when everything passed.
+# unless GPTQD_SKIP_SANITIZERS=1. Between the two, a short run of every fuzzer (scripts/fuzz.sh
+# --smoke) unless GPTQD_SKIP_FUZZ=1. Exit status 0 only when everything passed.
 #
 #   scripts/test.sh                 # what CI runs (.ci/run)
 #   GPTQD_BUILD_DIR=build/x scripts/test.sh -R gguf    # extra args go to ctest
@@ -26,6 +27,11 @@ cmake --build "$build" -j "$jobs"
 
 echo "== tests"
 ctest --test-dir "$build" --output-on-failure -j "$jobs" --timeout 900 "$@"
+
+if [[ ${GPTQD_SKIP_FUZZ:-0} != 1 ]]; then
+  echo "== fuzz smoke (libFuzzer harnesses, 15 s each)"
+  scripts/fuzz.sh --smoke
+fi
 
 if [[ ${GPTQD_SKIP_SANITIZERS:-0} != 1 ]]; then
   echo "== build with ASan+UBSan ($asan_build)"

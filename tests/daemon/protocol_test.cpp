@@ -130,6 +130,19 @@ TEST(ModelRequest, AcceptsOllamaNameField) {
   EXPECT_THROW(ModelRequest::from_json(json{{"model", json::array()}}), RequestError);
 }
 
+// Found by fuzz_json_body: a non-object or a mistyped field escaped as nlohmann::type_error.
+TEST(ModelEntry, MalformedJsonIsARequestError) {
+  EXPECT_THROW(ModelEntry::from_json(json(7)), RequestError);
+  EXPECT_THROW(ModelEntry::from_json(json::array()), RequestError);
+  EXPECT_THROW(ModelEntry::from_json(json{{"model", "a:b"}, {"size", "x"}}), RequestError);
+  EXPECT_THROW(ModelEntry::from_json(json{{"files", json::array({1})}}), RequestError);
+  try {
+    ModelEntry::from_json(json(7));
+  } catch (const RequestError& e) {
+    EXPECT_NE(std::string(e.what()).find("must be a JSON object, found number"), std::string::npos) << e.what();
+  }
+}
+
 TEST(ModelEntry, JsonHasOllamaFieldsAndRoundTrips) {
   ModelEntry e;
   e.name = "smollm2-135m-instruct";
@@ -182,6 +195,13 @@ TEST(KeepAlive, DurationsAndNumbers) {
   EXPECT_EQ(parse_keep_alive(json(120)), 120);
   EXPECT_EQ(parse_keep_alive(json(nullptr)), std::nullopt);
   EXPECT_THROW(parse_keep_alive(json("5 minutes")), RequestError);
+  // Found by fuzz_json_body: a number past int64 was cast (undefined behaviour); so could a
+  // duration of many long pieces add up past it.
+  EXPECT_THROW(parse_keep_alive(json(19900719925474099399.0)), RequestError);
+  EXPECT_EQ(parse_keep_alive(json(1e12)), 1000000000000);
+  std::string many;
+  for (int i = 0; i < 20000; ++i) many += "999999999h";
+  EXPECT_THROW(parse_keep_alive(json(many)), RequestError);
   EXPECT_THROW(parse_keep_alive(json("5d")), RequestError);
   EXPECT_THROW(parse_keep_alive(json::array()), RequestError);
   // Number shapes std::stod chokes on are a bad request, not an internal error.

@@ -93,6 +93,14 @@ TEST(JsonStrict, SyntaxErrorsAndTrailingGarbageAreRefused) {
   EXPECT_THAT(parse_error("{\"a\": NaN}"), HasSubstr("invalid JSON"));
 }
 
+// Found by fuzz_json_body: nlohmann's out_of_range escaped instead of Error(invalid_argument).
+TEST(JsonStrict, NumberOverflowIsRefusedWithItsPath) {
+  EXPECT_THAT(parse_error(R"({"options":{"temperature":1e999}})"),
+              HasSubstr("number 1e999 at /options/temperature is out of range"));
+  EXPECT_THAT(parse_error("[1, -2e400]"), HasSubstr("number -2e400 at /1 is out of range"));
+  EXPECT_THAT(parse_error("1e999"), HasSubstr("at / is out of range"));
+}
+
 TEST(JsonStrict, TypeNames) {
   EXPECT_STREQ(json_type_name(nlohmann::json(1)), "integer");
   EXPECT_STREQ(json_type_name(nlohmann::json(-1)), "integer");
