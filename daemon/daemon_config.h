@@ -30,9 +30,20 @@ struct DaemonConfig {
   uint32_t socket_mode = 0660;
   uint64_t max_body_bytes = 8ull << 20;     // request bodies; larger ones get 413
   uint32_t max_header_bytes = 16u << 10;    // request line + headers; larger ones get 431
-  uint32_t idle_timeout_ms = 30000;         // a connection idle (or sending a request) this long is closed
+  uint32_t idle_timeout_ms = 30000;         // a connection waiting this long for a request (or a body) is closed
+  uint32_t header_timeout_ms = 10000;       // from a request's first byte to the end of its headers; then 408
   uint32_t write_timeout_ms = 30000;        // a client that does not read a response this long is dropped
   uint32_t max_connections = 128;           // beyond this, new connections get 503 at once
+  uint32_t max_connections_per_uid = 64;    // connections of one uid (SO_PEERCRED); beyond: 503
+  uint32_t max_requests_per_connection = 1000;  // then the connection closes (Connection: close)
+  uint32_t max_json_depth = 64;             // nesting of a request body; deeper: 400
+  uint32_t max_messages = 1024;             // chat messages in one request; more: 400
+  uint32_t max_stop_strings = 13;           // stop strings in one request; more: 400 (the engine's cap is 16,
+                                            // and a chat template adds up to 3)
+  uint32_t max_stop_bytes = 256;            // bytes of one stop string; longer: 400 (the engine's cap is 256)
+  uint32_t max_generation_ms = 0;           // one generation, queue wait included; then it is stopped (0: no limit)
+  uint32_t device_step_timeout_s = 1800;    // one device step (a token, a prompt chunk, a model load, a quantized
+                                            // layer) running longer means the device worker is stuck: unhealthy, exit 1
   uint32_t io_workers = 2;                  // threads for blocking work (imports, hashing)
   uint32_t threads = 0;                     // compute threads on the CPU device; 0 = one per core
   uint32_t parallel = 4;                    // requests interleaved per model

@@ -61,6 +61,14 @@ PeerCred peer_of(local::socket& sock) {
   return peer;
 }
 
+// A write that failed: the client is gone, or stopped reading for write_timeout_ms (logged once,
+// so an operator sees why a stream ended).
+void note_write_error(const error_code& ec, const DaemonConfig& cfg) {
+  if (ec == beast::error::timeout) {
+    log_info("dropped a client that read nothing for ", cfg.write_timeout_ms, " ms (write_timeout_ms)");
+  }
+}
+
 bool is_disconnect(const error_code& ec) {
   return ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::connection_reset ||
          ec == asio::error::broken_pipe || ec == asio::error::operation_aborted || ec == asio::error::bad_descriptor;
@@ -115,7 +123,10 @@ asio::awaitable<void> ResponseWriter::send(http::status status, std::string body
   stream_.expires_after(std::chrono::milliseconds(cfg_.write_timeout_ms));
   error_code ec;
   co_await http::async_write(stream_, res, asio::redirect_error(use_awaitable, ec));
-  if (ec) client_gone_ = true;
+  if (ec) {
+    client_gone_ = true;
+    note_write_error(ec, cfg_);
+  }
 }
 
 asio::awaitable<void> ResponseWriter::send_json(http::status status, const nlohmann::json& body) {
@@ -142,7 +153,10 @@ asio::awaitable<bool> ResponseWriter::begin_stream(std::string_view content_type
   stream_.expires_after(std::chrono::milliseconds(cfg_.write_timeout_ms));
   error_code ec;
   co_await http::async_write_header(stream_, sr, asio::redirect_error(use_awaitable, ec));
-  if (ec) client_gone_ = true;
+  if (ec) {
+    client_gone_ = true;
+    note_write_error(ec, cfg_);
+  }
   co_return !client_gone_;
 }
 
@@ -152,7 +166,10 @@ asio::awaitable<bool> ResponseWriter::write_chunk(std::string data) {
   stream_.expires_after(std::chrono::milliseconds(cfg_.write_timeout_ms));
   error_code ec;
   co_await asio::async_write(stream_, http::make_chunk(asio::buffer(data)), asio::redirect_error(use_awaitable, ec));
-  if (ec) client_gone_ = true;
+  if (ec) {
+    client_gone_ = true;
+    note_write_error(ec, cfg_);
+  }
   co_return !client_gone_;
 }
 
@@ -162,7 +179,10 @@ asio::awaitable<void> ResponseWriter::end_stream() {
   stream_.expires_after(std::chrono::milliseconds(cfg_.write_timeout_ms));
   error_code ec;
   co_await asio::async_write(stream_, http::make_chunk_last(), asio::redirect_error(use_awaitable, ec));
-  if (ec) client_gone_ = true;
+  if (ec) {
+    client_gone_ = true;
+    note_write_error(ec, cfg_);
+  }
 }
 
 // ---- HttpServer ---------------------------------------------------------------------------------
@@ -273,24 +293,34 @@ asio::awaitable<void> HttpServer::accept_loop() {
       }
     };
     if (connections_.size() >= cfg_.max_connections) {
-      asio::co_spawn(io_, refuse_busy(std::move(stream)), on_done);
+      std::string message = cat("too many connections: the daemon serves at most ", cfg_.max_connections,
+                                " at once (max_connections); retry shortly");
+      asio::co_spawn(io_, refuse_busy(std::move(stream), std::move(message)), on_done);
+    } else if (n_connections_of(peer.uid) >= cfg_.max_connections_per_uid) {
+      std::string message = cat("too many connections from uid ", peer.uid, ": at most ", cfg_.max_connections_per_uid,
+                                " per user (max_connections_per_uid); close some and retry");
+      asio::co_spawn(io_, refuse_busy(std::move(stream), std::move(message)), on_done);
     } else {
       asio::co_spawn(io_, serve(std::move(stream), peer), on_done);
     }
   }
 }
 
-asio::awaitable<void> HttpServer::refuse_busy(Stream stream) {
+size_t HttpServer::n_connections_of(uid_t uid) const {
+  return static_cast<size_t>(
+      std::count_if(connections_.begin(), connections_.end(), [uid](const Connection& c) { return c.uid == uid; }));
+}
+
+asio::awaitable<void> HttpServer::refuse_busy(Stream stream, std::string message) {
   // Read nothing: answer 503 at once and close, so an overloaded daemon stays responsive.
   ResponseWriter w(stream, 11, false, cfg_);
-  co_await w.send_error(http::status::service_unavailable,
-                        "too many connections (limit " + std::to_string(cfg_.max_connections) + "); retry shortly");
+  co_await w.send_error(http::status::service_unavailable, message);
   error_code ec;
   stream.socket().shutdown(local::socket::shutdown_send, ec);
 }
 
 asio::awaitable<void> HttpServer::serve(Stream stream, PeerCred peer) {
-  connections_.push_back(Connection{&stream, false});
+  connections_.push_back(Connection{&stream, peer.uid, false});
   auto self = std::prev(connections_.end());
   struct Erase {
     std::list<Connection>& list;
@@ -298,19 +328,42 @@ asio::awaitable<void> HttpServer::serve(Stream stream, PeerCred peer) {
     ~Erase() { list.erase(it); }
   } erase{connections_, self};
 
+  // Pipelined requests are answered one at a time, in order: the next one is read (and the
+  // socket with it) only after this one's response, so a client cannot queue work here.
   beast::flat_buffer buffer;
-  for (;;) {
+  for (uint32_t n_requests = 1;; ++n_requests) {
     self->busy = false;
     if (stopping_) break;
     http::request_parser<http::string_body> parser;
     parser.header_limit(cfg_.max_header_bytes);
     parser.body_limit(cfg_.max_body_bytes);
-    stream.expires_after(std::chrono::milliseconds(cfg_.idle_timeout_ms));
     error_code ec;
-    co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    if (buffer.size() == 0) {
+      // Idle until the first byte of the next request (idle_timeout_ms) ...
+      stream.expires_after(std::chrono::milliseconds(cfg_.idle_timeout_ms));
+      const size_t n = co_await stream.async_read_some(buffer.prepare(1024), asio::redirect_error(use_awaitable, ec));
+      buffer.commit(n);
+      if (ec) break;  // closed, or idle too long
+    }
+    // ... then the whole header block within header_timeout_ms (slowloris), or idle_timeout_ms
+    // when that is shorter.
+    const bool idle_is_shorter = cfg_.idle_timeout_ms < cfg_.header_timeout_ms;
+    const uint32_t header_ms = idle_is_shorter ? cfg_.idle_timeout_ms : cfg_.header_timeout_ms;
+    stream.expires_after(std::chrono::milliseconds(header_ms));
+    const size_t n_header =
+        co_await http::async_read_header(stream, buffer, parser, asio::redirect_error(use_awaitable, ec));
+    if (ec == beast::error::timeout) {
+      log_info("closed a connection (uid ", peer.uid, ") whose request headers took longer than ", header_ms, " ms (",
+               idle_is_shorter ? "idle_timeout_ms" : "header_timeout_ms", ")");
+      break;
+    }
+    // Beast bounds the request line and the fields separately; the limit is on both together.
+    if (!ec && n_header > cfg_.max_header_bytes) ec = http::error::header_limit;
+    if (!ec && has_ambiguous_length(parser)) ec = http::error::bad_transfer_encoding;
     if (!ec) {
       self->busy = true;
       auto& hdr = parser.get();
+      stream.expires_after(std::chrono::milliseconds(cfg_.idle_timeout_ms));  // the whole body within this
       if (beast::iequals(hdr[http::field::expect], "100-continue") && !parser.is_done()) {
         http::response<http::empty_body> cont{http::status::continue_, hdr.version()};
         co_await http::async_write(stream, cont, asio::redirect_error(use_awaitable, ec));
@@ -322,10 +375,12 @@ asio::awaitable<void> HttpServer::serve(Stream stream, PeerCred peer) {
       ResponseWriter w(stream, 11, false, cfg_);
       if (ec == http::error::header_limit) {
         co_await w.send_error(http::status::request_header_fields_too_large,
-                              "request headers exceed " + std::to_string(cfg_.max_header_bytes) + " bytes");
+                              cat("request headers exceed ", cfg_.max_header_bytes,
+                                  " bytes (max_header_bytes); send fewer or shorter headers"));
       } else if (ec == http::error::body_limit) {
         co_await w.send_error(http::status::payload_too_large,
-                              "request body exceeds " + std::to_string(cfg_.max_body_bytes) + " bytes");
+                              cat("request body exceeds ", cfg_.max_body_bytes,
+                                  " bytes (max_body_bytes); send a smaller body"));
       } else {
         co_await w.send_error(http::status::bad_request, "malformed HTTP request: " + ec.message());
       }
@@ -341,8 +396,11 @@ asio::awaitable<void> HttpServer::serve(Stream stream, PeerCred peer) {
     if (q != std::string::npos) req.query = target.substr(q + 1);
     req.body = std::move(raw.body());
     req.peer = peer;
+    req.max_json_depth = cfg_.max_json_depth;
 
-    ResponseWriter w(stream, raw.version(), raw.keep_alive() && !stopping_, cfg_);
+    // The last request allowed on this connection is answered with Connection: close.
+    const bool more = n_requests < cfg_.max_requests_per_connection;
+    ResponseWriter w(stream, raw.version(), raw.keep_alive() && more && !stopping_, cfg_);
     co_await dispatch_(req, w);
     if (!w.started()) co_await w.send_error(http::status::internal_server_error, "the handler sent no response");
     if (!w.keep_alive()) break;

@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // HttpServer: HTTP/1.1 on a Unix stream socket with Boost.Beast (daemon layer). One coroutine per
 // connection reads a request, hands it to the dispatcher and writes the answer, full or
-// streamed (chunked). Limits: header and body size, idle and write timeouts, connection count.
+// streamed (chunked). Limits: header and body size, idle, header and write timeouts, connection
+// count in total and per uid, requests per connection (docs/api.md, "Limits").
 #pragma once
 
 #include <utility>  // before Boost 1.74's awaitable.hpp, which forgets it
@@ -45,6 +46,7 @@ struct Request {
   std::string query;         // after '?', undecoded
   std::string body;
   PeerCred peer;
+  uint32_t max_json_depth = 64;  // the daemon's max_json_depth, for the handlers' JSON parser
 };
 
 // Writes the one response of a request: either send()/send_json()/send_error() once, or
@@ -79,6 +81,17 @@ class ResponseWriter {
   bool client_gone_ = false;
 };
 
+// reliability.md B01: a request whose body length is ambiguous is refused (400), never guessed at:
+// Transfer-Encoding together with Content-Length, a Transfer-Encoding that does not end in
+// "chunked" (Beast would fall back to Content-Length, a request-smuggling desync), or more than
+// one Content-Length (Beast accepts "2" and "02" as the same; a proxy in front might not).
+inline bool has_ambiguous_length(const http::request_parser<http::string_body>& parser) {
+  const auto& h = parser.get();
+  if (h.count(http::field::content_length) > 1) return true;
+  return h.count(http::field::transfer_encoding) > 0 &&
+         (h.count(http::field::content_length) > 0 || !parser.chunked());
+}
+
 using Dispatcher = std::function<asio::awaitable<void>(Request&, ResponseWriter&)>;
 
 class HttpServer {
@@ -105,11 +118,13 @@ class HttpServer {
  private:
   struct Connection {
     Stream* stream = nullptr;
+    uid_t uid = static_cast<uid_t>(-1);
     bool busy = false;
   };
   asio::awaitable<void> accept_loop();
   asio::awaitable<void> serve(Stream stream, PeerCred peer);
-  asio::awaitable<void> refuse_busy(Stream stream);
+  asio::awaitable<void> refuse_busy(Stream stream, std::string message);
+  size_t n_connections_of(uid_t uid) const;
 
   asio::io_context& io_;
   const DaemonConfig& cfg_;

@@ -102,7 +102,16 @@ TEST_F(DaemonConfigTest, EveryKeyFromTheFile) {
     "max_header_bytes": 8192,
     "idle_timeout_ms": 5000,
     "write_timeout_ms": 6000,
+    "header_timeout_ms": 7000,
     "max_connections": 64,
+    "max_connections_per_uid": 9,
+    "max_requests_per_connection": 10,
+    "max_json_depth": 11,
+    "max_messages": 12,
+    "max_stop_strings": 13,
+    "max_stop_bytes": 14,
+    "max_generation_ms": 15000,
+    "device_step_timeout_s": 16,
     "io_workers": 3,
     "threads": 8,
     "parallel": 2,
@@ -127,7 +136,16 @@ TEST_F(DaemonConfigTest, EveryKeyFromTheFile) {
   EXPECT_EQ(c.max_header_bytes, 8192u);
   EXPECT_EQ(c.idle_timeout_ms, 5000u);
   EXPECT_EQ(c.write_timeout_ms, 6000u);
+  EXPECT_EQ(c.header_timeout_ms, 7000u);
   EXPECT_EQ(c.max_connections, 64u);
+  EXPECT_EQ(c.max_connections_per_uid, 9u);
+  EXPECT_EQ(c.max_requests_per_connection, 10u);
+  EXPECT_EQ(c.max_json_depth, 11u);
+  EXPECT_EQ(c.max_messages, 12u);
+  EXPECT_EQ(c.max_stop_strings, 13u);
+  EXPECT_EQ(c.max_stop_bytes, 14u);
+  EXPECT_EQ(c.max_generation_ms, 15000u);
+  EXPECT_EQ(c.device_step_timeout_s, 16u);
   EXPECT_EQ(c.io_workers, 3u);
   EXPECT_EQ(c.threads, 8u);
   EXPECT_EQ(c.parallel, 2u);
@@ -153,7 +171,10 @@ TEST_F(DaemonConfigTest, EveryKeyAsAFlag) {
                     "--hub-endpoint", "http://127.0.0.1:8080", "--hub-token-file", "tok", "--max-body-bytes", "2048",
                     "--max-header-bytes", "4096", "--idle-timeout-ms", "100", "--write-timeout-ms", "200",
                     "--max-connections", "1", "--io-workers", "64", "--threads", "0", "--parallel", "64",
-                    "--max-queue", "0", "--max-loaded-models", "64", "--keep-alive", "-1"});
+                    "--max-queue", "0", "--max-loaded-models", "64", "--keep-alive", "-1", "--header-timeout-ms",
+                    "100", "--max-connections-per-uid", "1", "--max-requests-per-connection", "1", "--max-json-depth",
+                    "2", "--max-messages", "1", "--max-stop-strings", "0", "--max-stop-bytes", "1",
+                    "--max-generation-ms", "0", "--device-step-timeout-s", "0"});
   ASSERT_TRUE(p.cfg) << p.err;
   const DaemonConfig& c = *p.cfg;
   EXPECT_TRUE(c.foreground);
@@ -175,6 +196,61 @@ TEST_F(DaemonConfigTest, EveryKeyAsAFlag) {
   EXPECT_EQ(c.max_queue, 0u);
   EXPECT_EQ(c.max_loaded_models, 64u);
   EXPECT_EQ(c.keep_alive_s, -1);
+  EXPECT_EQ(c.header_timeout_ms, 100u);
+  EXPECT_EQ(c.max_connections_per_uid, 1u);
+  EXPECT_EQ(c.max_requests_per_connection, 1u);
+  EXPECT_EQ(c.max_json_depth, 2u);
+  EXPECT_EQ(c.max_messages, 1u);
+  EXPECT_EQ(c.max_stop_strings, 0u);
+  EXPECT_EQ(c.max_stop_bytes, 1u);
+  EXPECT_EQ(c.max_generation_ms, 0u);
+  EXPECT_EQ(c.device_step_timeout_s, 0u);
+}
+
+// Every limit of docs/api.md ("Limits"): its default, its smallest and largest value, and one
+// past each end refused with the key's range.
+TEST_F(DaemonConfigTest, LimitDefaultsAndBoundaries) {
+  const DaemonConfig d;
+  EXPECT_EQ(d.max_header_bytes, 16384u);
+  EXPECT_EQ(d.max_body_bytes, 8388608u);
+  EXPECT_EQ(d.idle_timeout_ms, 30000u);
+  EXPECT_EQ(d.header_timeout_ms, 10000u);
+  EXPECT_EQ(d.write_timeout_ms, 30000u);
+  EXPECT_EQ(d.max_connections, 128u);
+  EXPECT_EQ(d.max_connections_per_uid, 64u);
+  EXPECT_EQ(d.max_requests_per_connection, 1000u);
+  EXPECT_EQ(d.max_json_depth, 64u);
+  EXPECT_EQ(d.max_messages, 1024u);
+  EXPECT_EQ(d.max_stop_strings, 13u);
+  EXPECT_EQ(d.max_stop_bytes, 256u);
+  EXPECT_EQ(d.max_generation_ms, 0u);
+  EXPECT_EQ(d.device_step_timeout_s, 1800u);
+  EXPECT_EQ(d.max_queue, 16u);
+  struct Case {
+    const char* key;
+    uint64_t min, max;
+  } cases[] = {
+      {"header_timeout_ms", 100, 4294967295ull}, {"max_connections_per_uid", 1, 65536},
+      {"max_requests_per_connection", 1, 4294967295ull}, {"max_json_depth", 2, 512},
+      {"max_messages", 1, 1048576}, {"max_stop_strings", 0, 13}, {"max_stop_bytes", 1, 256},
+      {"max_generation_ms", 0, 4294967295ull}, {"max_header_bytes", 1024, 1048576},
+      {"max_body_bytes", 1024, 1073741824}, {"device_step_timeout_s", 0, 86400},
+  };
+  const fs::path f = dir_ / "gptqd.json";
+  for (const Case& c : cases) {
+    const std::string range = "an integer between " + std::to_string(c.min) + " and " + std::to_string(c.max);
+    for (uint64_t ok : {c.min, c.max}) {
+      Parsed p = parse({"--config", config("{\"" + std::string(c.key) + "\": " + std::to_string(ok) + "}").string()});
+      EXPECT_TRUE(p.cfg) << c.key << " = " << ok << ": " << p.err;
+    }
+    const uint64_t above = c.max + 1;
+    EXPECT_EQ(file_error("{\"" + std::string(c.key) + "\": " + std::to_string(above) + "}"),
+              f.string() + ": \"" + c.key + "\" must be " + range + ", not " + std::to_string(above));
+    if (c.min > 0) {
+      EXPECT_EQ(file_error("{\"" + std::string(c.key) + "\": " + std::to_string(c.min - 1) + "}"),
+                f.string() + ": \"" + c.key + "\" must be " + range + ", not " + std::to_string(c.min - 1));
+    }
+  }
 }
 
 TEST_F(DaemonConfigTest, KeepAliveSpellings) {
@@ -420,7 +496,9 @@ TEST_F(DaemonConfigTest, HelpListsEveryKeyAsAFlag) {
                            "--admin-group", "--user-group", "--dbus", "--hub-endpoint", "--hub-token-file",
                            "--max-body-bytes", "--max-header-bytes", "--idle-timeout-ms", "--write-timeout-ms",
                            "--max-connections", "--io-workers", "--threads", "--parallel", "--max-queue",
-                           "--max-loaded-models", "--keep-alive"}) {
+                           "--max-loaded-models", "--keep-alive", "--header-timeout-ms", "--max-connections-per-uid",
+                           "--max-requests-per-connection", "--max-json-depth", "--max-messages", "--max-stop-strings",
+                           "--max-stop-bytes", "--max-generation-ms", "--device-step-timeout-s"}) {
     EXPECT_NE(p.out.find(flag), std::string::npos) << flag;
   }
   EXPECT_NE(p.out.find((dir_ / "etc" / "gptqd.json").string()), std::string::npos) << p.out;

@@ -88,6 +88,24 @@ TEST_F(HttpServerTest, MalformedHttpGets400AndTheDaemonStaysUp) {
   expect_alive();
 }
 
+// Found by fuzz_http_request (reliability.md B01): Beast took Content-Length when the
+// Transfer-Encoding was not chunked; an ambiguous length must be a 400, not a guess.
+TEST_F(HttpServerTest, AmbiguousBodyLengthGets400) {
+  const char* cases[] = {
+      "POST /api/show HTTP/1.1\r\nTransfer-Encoding: chdddd\r\nContent-Length: 2\r\n\r\n{}",
+      "POST /api/show HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n{}",
+      "POST /api/show HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+      // Found by fuzz_http_request: two Content-Lengths Beast reads as equal ("2", "02").
+      "POST /api/show HTTP/1.1\r\nContent-Length: 2\r\nContent-Length:02\r\n\r\n{}",
+  };
+  for (const char* c : cases) {
+    HttpReply r = raw(c);
+    EXPECT_EQ(r.status, 400) << "request: " << c << "\nreply: " << r.raw;
+    EXPECT_NE(error_of(r).find("malformed HTTP request"), std::string::npos) << r.body;
+  }
+  expect_alive();
+}
+
 TEST_F(HttpServerTest, OversizedHeaderGets431) {
   std::string req = "GET /api/health HTTP/1.1\r\nX-Big: " + std::string(64 * 1024, 'a') + "\r\n\r\n";
   HttpReply r = raw(req);
@@ -257,11 +275,157 @@ TEST_F(LimitsTest, ConnectionsBeyondTheCapGet503) {
   HttpReply r = http_request(daemon_->socket(), "GET", "/api/health");
   EXPECT_EQ(r.status, 503) << r.raw;
   EXPECT_NE(r.headers.find("Retry-After"), std::string::npos);
+  EXPECT_NE(error_of(r).find("at most 2 at once (max_connections)"), std::string::npos) << r.body;
   ::close(a);
   ::close(b);
   // Once the idle ones are gone, requests are served again.
   std::this_thread::sleep_for(std::chrono::milliseconds(100));
   expect_alive();
+}
+
+// Each limit of docs/api.md ("Limits") at its boundary: the limit passes, one more is refused with
+// the right status and a message naming the key (reliability.md B02, B03, B05, E01).
+class BoundaryTest : public HttpServerTest {
+ protected:
+  std::vector<std::string> extra_args() override {
+    return {"--max-header-bytes", "2048", "--max-body-bytes", "4096", "--max-json-depth", "8",
+            "--max-requests-per-connection", "3", "--header-timeout-ms", "600", "--max-connections-per-uid", "3"};
+  }
+  // A GET whose request line and headers (up to and including the blank line) are `n` bytes.
+  static std::string get_of_size(size_t n) {
+    const std::string head = "GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: ";
+    const std::string tail = "\r\n\r\n";
+    return head + std::string(n - head.size() - tail.size(), 'a') + tail;
+  }
+};
+
+TEST_F(BoundaryTest, HeaderBytes) {
+  // Beast counts the header block up to and including the blank line's CRLF.
+  HttpReply at = raw(get_of_size(2048));
+  EXPECT_EQ(at.status, 200) << at.raw.substr(0, 300);
+  HttpReply over = raw(get_of_size(2049));
+  EXPECT_EQ(over.status, 431) << over.raw.substr(0, 300);
+  EXPECT_NE(error_of(over).find("request headers exceed 2048 bytes (max_header_bytes)"), std::string::npos) << over.body;
+  expect_alive();
+}
+
+TEST_F(BoundaryTest, BodyBytes) {
+  auto body_of = [](size_t n) {
+    std::string b = R"({"model":"absent"})";
+    return b + std::string(n - b.size(), ' ');
+  };
+  HttpReply at = http_request(daemon_->socket(), "POST", "/api/show", body_of(4096));
+  EXPECT_EQ(at.status, 404) << at.raw.substr(0, 300);
+  HttpReply over = http_request(daemon_->socket(), "POST", "/api/show", body_of(4097));
+  EXPECT_EQ(over.status, 413) << over.raw.substr(0, 300);
+  EXPECT_NE(error_of(over).find("request body exceeds 4096 bytes (max_body_bytes)"), std::string::npos) << over.body;
+  expect_alive();
+}
+
+TEST_F(BoundaryTest, JsonDepth) {
+  // The object is level 1; seven arrays inside make 8.
+  auto nested = [](int levels) {
+    return R"({"model":"absent","x":)" + std::string(levels - 1, '[') + std::string(levels - 1, ']') + "}";
+  };
+  HttpReply at = http_request(daemon_->socket(), "POST", "/api/show", nested(8));
+  EXPECT_EQ(at.status, 404) << at.raw.substr(0, 300);
+  HttpReply over = http_request(daemon_->socket(), "POST", "/api/show", nested(9));
+  EXPECT_EQ(over.status, 400) << over.raw.substr(0, 300);
+  EXPECT_NE(error_of(over).find("nesting deeper than 8 levels"), std::string::npos) << over.body;
+  EXPECT_NE(error_of(over).find("(max_json_depth)"), std::string::npos) << over.body;
+  expect_alive();
+}
+
+TEST_F(BoundaryTest, RequestsPerConnection) {
+  // Four pipelined requests: three answers, the third with Connection: close, then the daemon
+  // closes; the fourth is never read.
+  std::string four;
+  for (int i = 0; i < 4; ++i) four += "GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n";
+  const std::string out = raw_exchange(daemon_->socket(), four, std::chrono::seconds(5));
+  size_t n = 0;
+  for (size_t at = out.find("HTTP/1.1 200"); at != std::string::npos; at = out.find("HTTP/1.1 200", at + 1)) ++n;
+  EXPECT_EQ(n, 3u) << out;
+  const size_t last = out.rfind("HTTP/1.1 200");
+  EXPECT_NE(out.find("Connection: close", last), std::string::npos) << out;
+  EXPECT_EQ(out.substr(0, last).find("Connection: close"), std::string::npos) << out;
+  expect_alive();
+}
+
+TEST_F(BoundaryTest, HeaderTimeoutClosesSlowloris) {
+  // Headers completed in pieces within 600 ms are served ...
+  int ok = connect_unix(daemon_->socket());
+  ASSERT_GE(ok, 0);
+  const std::string req = "GET /api/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  for (size_t i = 0; i < req.size(); i += 16) {
+    ::send(ok, req.data() + i, std::min<size_t>(16, req.size() - i), MSG_NOSIGNAL);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  auto [answer, answered] = read_until_close(ok, 5000);
+  ::close(ok);
+  EXPECT_TRUE(answered);
+  EXPECT_EQ(answer.find("HTTP/1.1 200"), 0u) << answer;
+
+  // ... a slowloris (one header byte every 200 ms) is closed at header_timeout_ms, long before
+  // idle_timeout_ms (30 s).
+  int slow = connect_unix(daemon_->socket());
+  ASSERT_GE(slow, 0);
+  const auto start = std::chrono::steady_clock::now();
+  ::send(slow, "GET / HTTP/1.1\r\n", 16, MSG_NOSIGNAL);
+  bool closed = false;
+  for (int i = 0; i < 50 && !closed; ++i) {
+    ::send(slow, "X", 1, MSG_NOSIGNAL);
+    closed = read_until_close(slow, 200).second;
+  }
+  const auto took = std::chrono::steady_clock::now() - start;
+  ::close(slow);
+  EXPECT_TRUE(closed) << "a slowloris kept its connection";
+  EXPECT_GE(took, std::chrono::milliseconds(500));
+  EXPECT_LT(took, std::chrono::milliseconds(3000));
+  std::string log;
+  for (int i = 0; i < 100 && log.find("(header_timeout_ms)") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    log = daemon_->log();
+  }
+  EXPECT_NE(log.find("took longer than 600 ms (header_timeout_ms)"), std::string::npos) << log;
+  expect_alive();
+}
+
+TEST_F(BoundaryTest, ConnectionsPerUid) {
+  // Two idle connections and the probe make three, the limit: served. A fourth: 503.
+  int a = connect_unix(daemon_->socket());
+  int b = connect_unix(daemon_->socket());
+  ASSERT_GE(a, 0);
+  ASSERT_GE(b, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  expect_alive();
+  int c = connect_unix(daemon_->socket());
+  ASSERT_GE(c, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  HttpReply r = http_request(daemon_->socket(), "GET", "/api/health");
+  EXPECT_EQ(r.status, 503) << r.raw;
+  EXPECT_NE(r.headers.find("Retry-After: 1"), std::string::npos) << r.headers;
+  EXPECT_NE(error_of(r).find("at most 3 per user (max_connections_per_uid)"), std::string::npos) << r.body;
+  EXPECT_NE(error_of(r).find("too many connections from uid " + std::to_string(::getuid())), std::string::npos) << r.body;
+  ::close(c);
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  expect_alive();
+
+  // Another uid is still served while this one is at its limit.
+  if (::geteuid() != 0) GTEST_SKIP() << "needs root to connect as another uid";
+  c = connect_unix(daemon_->socket());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_EQ(http_request(daemon_->socket(), "GET", "/api/health").status, 503);
+  const std::filesystem::path sock = daemon_->socket();
+  ::chmod(sock.c_str(), 0666);
+  ::chmod(sock.parent_path().c_str(), 0755);
+  auto other = run_command({"setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", gptqctl_binary().string(),
+                            "--socket", sock.string(), "list"});
+  // uid 65534 is outside the user group: a 403 proves it got past the connection cap.
+  EXPECT_NE(other.output.find("may not use gptqd"), std::string::npos) << other.output;
+  EXPECT_EQ(other.output.find("max_connections_per_uid"), std::string::npos) << other.output;
+  ::close(a);
+  ::close(b);
+  ::close(c);
 }
 
 TEST(DaemonStartup, RefusesAnInsecureStateDirectory) {
