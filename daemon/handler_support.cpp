@@ -2,6 +2,8 @@
 // Helpers shared by the handlers (daemon layer).
 #include "daemon/handler_support.h"
 
+#include "daemon/log.h"
+
 #include <fstream>
 #include <sstream>
 
@@ -14,8 +16,6 @@ namespace gptqd::daemon::handlers {
 using nlohmann::json;
 using protocol::ModelEntry;
 using protocol::ModelRef;
-
-constexpr int kMaxJsonDepth = 64;
 
 http::status status_for(ErrorCode code) {
   switch (code) {
@@ -36,7 +36,12 @@ http::status status_for(ErrorCode code) {
 
 json parse_body(const Request& req) {
   if (req.body.empty()) fail(ErrorCode::invalid_argument, "request body is empty; expected a JSON object");
-  return engine::parse_json_strict(req.body, "request body", kMaxJsonDepth);
+  try {
+    return engine::parse_json_strict(req.body, "request body", static_cast<int>(req.max_json_depth));
+  } catch (const Error& e) {
+    if (std::string_view(e.what()).find("nesting deeper than") == std::string_view::npos) throw;
+    fail(e.code(), e.what(), " (max_json_depth); flatten the request");
+  }
 }
 
 ModelRef parse_ref(const std::string& text) {
@@ -86,7 +91,18 @@ ModelHandle model_handle(Daemon& d, const RegistryTag& t) {
 }
 
 // Releases what a failed or finished import holds: pins, and blobs no registry row references.
-void release_import(Daemon& d, const ImportOutcome& out, bool committed) {
+void release_import(Daemon& d, const ImportOutcome& out, bool committed, bool commit_failed) {
+  if (commit_failed) {
+    // The registry's COMMIT itself failed (an I/O error): SQLite may have written the
+    // transaction to its write-ahead log before the sync failed, and a crash recovery would then
+    // apply it. Deleting the blobs now could leave rows without files; kept, they are at worst
+    // unreferenced until the next start's sweep reconciles them with the recovered registry.
+    for (size_t i = 0; i < out.n_published; ++i) d.blobs().unpin(out.staged[i].digest);
+    if (out.n_published > 0) {
+      log_warn("keeping ", out.n_published, " blob(s) of an import whose registry commit failed until the next start");
+    }
+    return;
+  }
   std::set<std::string> known;
   if (!committed) known = d.registry().blob_digests();
   for (size_t i = 0; i < out.n_published; ++i) {

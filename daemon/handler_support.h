@@ -54,7 +54,8 @@ RegistryTag tag_from_import(const ImportOutcome& out, const protocol::ModelRef& 
                             const std::string& source);
 
 // Releases what a failed or finished import holds: pins, and blobs no registry row references.
-void release_import(Daemon& d, const ImportOutcome& out, bool committed);
+// commit_failed: the registry commit itself failed; the published blobs stay (see the .cpp).
+void release_import(Daemon& d, const ImportOutcome& out, bool committed, bool commit_failed = false);
 
 // The files of a dataset: a registered NAME, or (admin only: the daemon reads it) an absolute
 // path. Error(not_found | permission_denied) with what to do.

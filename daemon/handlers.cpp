@@ -201,7 +201,7 @@ awaitable<void> handle_pull(Daemon& d, Request& req, ResponseWriter& w) {
   // Back on the io thread with the worker done: commit, or clean up.
   std::string error;
   ErrorCode error_code = ErrorCode::internal;
-  bool committed = false;
+  bool committed = false, commit_failed = false;
   if (outcome->error) {
     try {
       std::rethrow_exception(outcome->error);
@@ -217,9 +217,10 @@ awaitable<void> handle_pull(Daemon& d, Request& req, ResponseWriter& w) {
       committed = true;
     } catch (const Error& e) {
       error = e.what(), error_code = e.code();
+      commit_failed = e.code() == ErrorCode::io;
     }
   }
-  release_import(d, *outcome, committed);
+  release_import(d, *outcome, committed, commit_failed);
   d.registry().finish_job(job_id, committed ? "done" : (error_code == ErrorCode::cancelled ? "cancelled" : "failed"), error);
 
   if (committed) {

@@ -23,6 +23,7 @@
 #include <thread>
 
 #include "daemon/blob_store.h"
+#include "daemon/fault.h"
 #include "engine/error.h"
 #include "engine/json_strict.h"
 
@@ -496,7 +497,7 @@ bool PartialDownload::checkpoint() {
     // Counts first, then fsync: every byte a count includes was written before the fsync began.
     std::lock_guard lock(layout_m_);
     for (const auto& j : jobs_) snapshot.push_back(j->written.load(std::memory_order_acquire));
-    if (::fsync(fd_) != 0) err = errno;
+    if (fault_fsync("hub.fsync", fd_) != 0) err = errno;
   }
   if (err != 0) {
     if (fsync_errno_ == 0) fsync_errno_ = err;
@@ -656,6 +657,11 @@ void PartialDownload::fetch() {
     // The threads are done: every written byte is counted, and durable after this. When the
     // fsync fails, the caller hears the last state that was durable once more.
     if (!checkpoint()) publish();
+    if (fsync_errno_ != 0 && fsync_errno_ != ENOSPC && fsync_errno_ != EDQUOT) {
+      // The kernel may have dropped pages it could not write: only the last durable state counts.
+      fail(ErrorCode::io, "I/O error on fsync of ", partial_.string(), " (", std::strerror(fsync_errno_),
+           "); a new pull fetches again what was written since the last checkpoint");
+    }
     int err = fsync_errno_;
     for (const auto& j : jobs_) err = err ? err : j->write_errno;
     if (err != 0) fail_write(err);

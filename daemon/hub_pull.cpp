@@ -371,7 +371,7 @@ awaitable<void> drive_model_pull(Daemon& d, std::shared_ptr<PullSession> s, HubR
   auto w = std::make_shared<ModelPullWork>();
   w->ref = ref;
   std::string target;
-  bool reserved = false, committed = false;
+  bool reserved = false, committed = false, commit_attempted = false;
   std::exception_ptr error;
   json done;
   try {
@@ -433,6 +433,7 @@ awaitable<void> drive_model_pull(Daemon& d, std::shared_ptr<PullSession> s, HubR
       co_await run_on_thread(std::move(weights));
 
       RegistryTag t = handlers::tag_from_import(w->out, ref_out, "hf-hub", pinned);
+      commit_attempted = true;
       d.registry().add(t);
       committed = true;
       done = {{"event", "done"}, {"status", "success"}, {"model", target}, {"revision", w->info.sha},
@@ -455,7 +456,7 @@ awaitable<void> drive_model_pull(Daemon& d, std::shared_ptr<PullSession> s, HubR
   } else {
     o.ok = true;
   }
-  handlers::release_import(d, w->out, committed);
+  handlers::release_import(d, w->out, committed, commit_attempted && !committed && o.code == ErrorCode::io);
   w->fetched.clear();  // releases the file locks
   if (reserved) d.pulls_in_flight().erase(target);
   d.untrack(s->cancel);

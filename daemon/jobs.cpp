@@ -272,7 +272,7 @@ awaitable<void> JobManager::finish(int64_t id, json quality) {
     error = e.what();
   }
   d_.untrack(cancel);
-  bool committed = false;
+  bool committed = false, commit_failed = false;
   if (error.empty() && job->task->cancel.load()) error = "job " + std::to_string(id) + " was cancelled", code = ErrorCode::cancelled;
   if (error.empty()) {
     RegistryTag t = handlers::tag_from_import(outcome, ref, "quantized", job->source + " (job " + std::to_string(id) + ")");
@@ -283,9 +283,10 @@ awaitable<void> JobManager::finish(int64_t id, json quality) {
       committed = true;
     } catch (const Error& e) {
       error = e.what(), code = e.code();
+      commit_failed = e.code() == ErrorCode::io;
     }
   }
-  handlers::release_import(d_, outcome, committed);
+  handlers::release_import(d_, outcome, committed, commit_failed);
   if (!committed && d_.stopping() && !job->task->cancel.load()) {
     // The shutdown interrupted the import: the recorded layers stay, the next start redoes the rest.
     std::error_code ec;

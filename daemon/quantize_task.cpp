@@ -191,6 +191,7 @@ bool QuantizeTask::step(WorkerModel& m, bool /*fresh_load*/) {
         };
         quantizer::write_gptq_checkpoint(source.info(), linears, cs, spec_.out_dir);
         fault_disk_full("quantize.checkpoint");
+        fault_eio("quantize.checkpoint", spec_.out_dir / "model.safetensors");
         phase_ = r.eval_windows > 0 ? Phase::eval_source : Phase::load_result;
         return true;
       }
