@@ -12,6 +12,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstring>
+#include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <filesystem>
@@ -246,6 +247,15 @@ void Daemon::start_watchdog() {
 
 void Daemon::tick(std::chrono::microseconds period, bool watchdog) {
   if (stopping_) return;
+  // A device step that never returns (a wedged driver, a hung load) stops nothing on this
+  // thread, so the pings alone would not tell systemd: the worker's step clock does.
+  const int64_t busy_ms = worker_->busy_ms();
+  if (cfg_.device_step_timeout_s > 0 && busy_ms > int64_t{cfg_.device_step_timeout_s} * 1000) {
+    worker_hung_ = true;
+    mark_unhealthy(cat("the device worker has been in one step for ", busy_ms / 1000, " s (device_step_timeout_s is ",
+                       cfg_.device_step_timeout_s, "): it is stuck"));
+    return;
+  }
   std::string state;
   if (watchdog) state = "WATCHDOG=1";
   std::string status = status_line();
@@ -262,6 +272,10 @@ void Daemon::tick(std::chrono::microseconds period, bool watchdog) {
 
 void Daemon::poll_shutdown(std::chrono::steady_clock::time_point deadline, bool forced) {
   if (server_->n_connections() == 0 && cancels_.empty()) return;  // nothing left: run() returns
+  if (forced && worker_hung_) {
+    io_.stop();  // requests and jobs waiting on the stuck worker would never wind down
+    return;
+  }
   if (!forced && std::chrono::steady_clock::now() >= deadline) {
     log_warn("shutdown grace period over: closing ", server_->n_connections(), " busy connection(s)");
     server_->close_all();
@@ -311,6 +325,13 @@ int Daemon::run(const std::function<void()>& on_ready) {
   notify(cat("READY=1\nSTATUS=", status_line()));
   start_watchdog();
   io_.run();  // returns when nothing is left: see begin_shutdown()
+  if (worker_hung_) {
+    // Its thread will never return to be joined, nor let the destructors finish: leave now, with
+    // the registry already consistent (every commit is its own transaction).
+    log_error("stopped: unhealthy (", unhealthy_, "); exiting with status 1 without waiting for the stuck device worker");
+    std::fflush(nullptr);
+    std::_Exit(1);
+  }
   worker_->shutdown();
   pool_.join();
   dbus_.reset();

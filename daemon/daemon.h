@@ -105,6 +105,7 @@ class Daemon {
   std::unique_ptr<asio::steady_timer> status_timer_;
   std::string last_status_;
   std::string unhealthy_;
+  bool worker_hung_ = false;  // the device worker is stuck in a step: it cannot be joined
   std::set<std::shared_ptr<std::atomic<bool>>> cancels_;
   std::set<std::string> pulls_in_flight_;
   int64_t started_at_ = 0;

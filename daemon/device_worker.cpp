@@ -8,6 +8,7 @@
 
 #include "daemon/fault.h"
 #include "daemon/log.h"
+#include "engine/memory_plan.h"
 
 namespace gptqd::daemon {
 namespace {
@@ -24,7 +25,8 @@ size_t common_prefix(const std::vector<int32_t>& a, const std::vector<int32_t>& 
 
 // ---- WorkerModel ----
 
-std::unique_ptr<engine::Session> WorkerModel::take_session(const std::vector<int32_t>& prompt, int64_t n_ctx) {
+std::unique_ptr<engine::Session> WorkerModel::take_session(const std::vector<int32_t>& prompt, int64_t n_ctx,
+                                                           uint64_t memory_available) {
   size_t best = idle_.size(), best_len = 0;
   for (size_t i = 0; i < idle_.size(); ++i) {
     if (idle_[i]->n_ctx() != n_ctx) continue;
@@ -35,6 +37,21 @@ std::unique_ptr<engine::Session> WorkerModel::take_session(const std::vector<int
     auto s = std::move(idle_[best]);
     idle_.erase(idle_.begin() + static_cast<std::ptrdiff_t>(best));
     return s;
+  }
+  if (memory_available > 0) {
+    // The weights are already in memory: only the KV cache is new (its scratch is sized lazily
+    // and small next to it).
+    engine::MemoryPlan plan = engine::plan_memory(model_->config(), 0, n_ctx, 1);
+    plan.workspace_bytes = 0;
+    uint64_t freed = 0;
+    while (plan.total() > memory_available + freed && !idle_.empty()) {
+      freed += idle_.front()->cache_bytes();  // the oldest idle cache makes room
+      idle_.erase(idle_.begin());
+    }
+    if (std::string why = engine::memory_misfit(plan, memory_available + freed, "the KV cache", "system memory");
+        !why.empty()) {
+      fail(ErrorCode::no_space, why);
+    }
   }
   return std::make_unique<engine::Session>(*model_, n_ctx);
 }
@@ -65,11 +82,21 @@ bool DeviceWorker::submit(std::shared_ptr<Task> task, std::string* why) {
       *why = "the daemon is shutting down";
       return false;
     }
-    if (n_queued_ >= limits_.max_queued) {
+    // Only requests that must wait for a slot count against max_queued; one that a free slot
+    // of its model will take at once is never refused (so max_queued 0 still serves).
+    const size_t max_active = static_cast<size_t>(limits_.max_active_per_model);
+    auto n_waiting = [max_active](const Slot& s) {
+      const size_t room = max_active - std::min(s.active.size(), max_active);
+      return s.queued.size() > room ? s.queued.size() - room : size_t{0};
+    };
+    Slot& slot = slots_[task->model().ref];
+    const bool must_wait = slot.active.size() + slot.queued.size() >= max_active;
+    size_t waiting = 0;
+    for (const auto& [ref, s] : slots_) waiting += n_waiting(s);
+    if (must_wait && waiting >= static_cast<size_t>(limits_.max_queued)) {
       *why = cat("the request queue is full (", limits_.max_queued, " waiting); retry shortly");
       return false;
     }
-    Slot& slot = slots_[task->model().ref];
     slot.queued.push_back(std::move(task));
     ++n_queued_;
   }
@@ -113,6 +140,16 @@ void DeviceWorker::publish_status() {
 
 // Loads (or reloads, when the registry entry changed) the slot's model. Called with `lock` held;
 // releases it while loading so submissions are never blocked for seconds.
+int64_t DeviceWorker::steady_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+int64_t DeviceWorker::busy_ms() const {
+  const int64_t at = step_started_ms_.load(std::memory_order_relaxed);
+  return at == 0 ? 0 : std::max<int64_t>(1, steady_ms() - at);
+}
+
 bool DeviceWorker::ensure_loaded(const std::string& ref, Slot& slot, std::unique_lock<std::mutex>& lock) {
   const ModelHandle handle = slot.active.front()->model();
   if (slot.loaded && slot.loaded->handle().digest == handle.digest) return false;
@@ -139,7 +176,8 @@ bool DeviceWorker::ensure_loaded(const std::string& ref, Slot& slot, std::unique
     engine::LoadOptions o;
     o.device = device_;
     o.n_threads = n_threads_;
-    auto model = engine::LlamaModel::load(handle.files, o);
+    o.memory_available = engine::available_system_memory();
+    auto model = timed_step([&] { return engine::LlamaModel::load(handle.files, o); });
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
     loaded = std::make_unique<WorkerModel>(handle, std::move(model), ms);
     log_info("loaded ", ref, " on ", device_, " in ", static_cast<int64_t>(ms), " ms (",
@@ -243,7 +281,43 @@ void DeviceWorker::run() {
       lock.unlock();
       std::vector<std::shared_ptr<Task>> finished;
       std::string fatal;
+      // Continuous batching: every task whose next step is one token decodes in one batch (one
+      // read of the weights for all of them); the others (prefill chunks, cancels, evaluations)
+      // step on their own below.
+      std::vector<std::shared_ptr<Task>> batched;
+      std::vector<engine::Generator*> gens;
       for (auto& t : round) {
+        if (engine::Generator* g = t->batchable()) {
+          batched.push_back(t);
+          gens.push_back(g);
+        }
+      }
+      if (!gens.empty()) {
+        bool ran = false;
+        try {
+          timed_step([&] {
+            fault_device("device.step");
+            fault_device_hang("device.step");
+            return engine::decode_batch(model->model(), gens, model->batch_scratch());
+          });
+          ran = true;
+        } catch (const DeviceFault& e) {
+          log_error("the device failed for good while serving ", ref, ": ", e.what());
+          fatal = e.what();
+        } catch (const std::exception& e) {
+          log_error("a batched step of ", ref, " failed: ", e.what());
+          for (auto& t : batched) t->abort(ErrorCode::internal, e.what());
+          finished.insert(finished.end(), batched.begin(), batched.end());
+        }
+        if (ran) {
+          for (auto& t : batched) {
+            if (!t->after_batched_step(*model)) finished.push_back(t);
+          }
+        }
+      }
+      for (auto& t : round) {
+        if (!fatal.empty()) break;
+        if (std::find(batched.begin(), batched.end(), t) != batched.end()) continue;
         bool fresh = false;
         {
           std::lock_guard g(mutex_);
@@ -252,8 +326,11 @@ void DeviceWorker::run() {
         }
         bool more = false;
         try {
-          fault_device("device.step");
-          more = t->step(*model, fresh);
+          more = timed_step([&] {
+            fault_device("device.step");
+            fault_device_hang("device.step");
+            return t->step(*model, fresh);
+          });
         } catch (const DeviceFault& e) {
           log_error("the device failed for good while serving ", ref, ": ", e.what());
           fatal = e.what();

@@ -2,7 +2,8 @@
 // DeviceWorker: the one thread that owns a compute device and the models loaded on it (daemon
 // layer). Requests arrive as Tasks from the io thread; the worker loads models on first use,
 // runs every active task one step at a time in turn (fair: a long generation cannot starve a
-// short one), keeps a few KV-cache sessions per model for prompt-prefix reuse, and unloads a
+// short one; the one-token decode steps of a model's tasks run as one batch, and long prompts
+// are fed in chunks so a newcomer does not stall the others), keeps a few KV-cache sessions per model for prompt-prefix reuse, and unloads a
 // model once its keep_alive has passed without use.
 #pragma once
 
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "engine/error.h"
+#include "engine/generate.h"
 #include "engine/llama_model.h"
 #include "engine/model_source.h"
 
@@ -41,14 +43,19 @@ class WorkerModel {
   const engine::LlamaModel& model() const { return *model_; }
   double load_ms() const { return load_ms_; }
   // The idle session of size n_ctx that shares the longest prefix with `prompt`, or a new one.
-  std::unique_ptr<engine::Session> take_session(const std::vector<int32_t>& prompt, int64_t n_ctx);
+  // A new one must fit in `memory_available` bytes (0: no check): idle sessions are dropped to
+  // make room first; if it still does not fit, Error(no_space) says how much num_ctx would.
+  std::unique_ptr<engine::Session> take_session(const std::vector<int32_t>& prompt, int64_t n_ctx,
+                                                uint64_t memory_available = 0);
   void give_back(std::unique_ptr<engine::Session> session);
   uint64_t size_bytes() const;
+  engine::BatchScratch& batch_scratch() { return batch_scratch_; }
 
  private:
   ModelHandle handle_;
   std::unique_ptr<engine::LlamaModel> model_;
   std::vector<std::unique_ptr<engine::Session>> idle_;
+  engine::BatchScratch batch_scratch_;  // the worker thread's, for batched decode steps
   double load_ms_;
 };
 
@@ -65,6 +72,12 @@ class Task {
   virtual bool step(WorkerModel& m, bool fresh_load) = 0;
   // The task will never run: the model failed to load or the worker stops.
   virtual void abort(ErrorCode code, const std::string& message) = 0;
+  // Continuous batching: the task's generator when its next step is a one-token decode that the
+  // worker may run together with the other tasks of the same model (engine::decode_batch), else
+  // null. After such a batched step the worker calls after_batched_step instead of step; it
+  // returns false once the task is finished.
+  virtual engine::Generator* batchable() { return nullptr; }
+  virtual bool after_batched_step(WorkerModel& /*m*/) { return true; }
   // Set from any thread; the task sees it at its next step.
   std::atomic<bool> cancel{false};
 
@@ -102,6 +115,9 @@ class DeviceWorker {
   // request_stop() and join the thread (also done by the destructor). One thread at a time.
   void shutdown();
   const std::string& device() const { return device_; }
+  // How long the step running now (a task step, a batched decode, a model load) has taken, in
+  // milliseconds; 0 when the worker is between steps. Any thread (the io thread's watchdog).
+  int64_t busy_ms() const;
   // Called once, on the worker thread, when the device fails for good (engine::DeviceFault):
   // every task has been aborted and the worker takes no more. Set before the first submit.
   void set_on_fatal(std::function<void(std::string reason)> fn) { on_fatal_ = std::move(fn); }
@@ -130,6 +146,18 @@ class DeviceWorker {
   bool stopping_ = false;
   bool broken_ = false;
   std::function<void(std::string)> on_fatal_;
+  std::atomic<int64_t> step_started_ms_{0};  // steady-clock ms when the current step began; 0: idle
+  // Marks a step's start and end around `fn` (any step the watchdog should see).
+  template <typename Fn>
+  auto timed_step(Fn&& fn) {
+    struct Stamp {
+      std::atomic<int64_t>& at;
+      ~Stamp() { at.store(0, std::memory_order_relaxed); }
+    } stamp{step_started_ms_};
+    step_started_ms_.store(steady_ms(), std::memory_order_relaxed);
+    return fn();
+  }
+  static int64_t steady_ms();
   // Aborts every task, marks the worker broken and reports `reason` (mutex held).
   void fail_device(const std::string& reason);
   std::vector<LoadedModelStatus> status_;

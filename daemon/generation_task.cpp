@@ -2,9 +2,12 @@
 // Device-side work of generation and evaluation requests (daemon layer).
 #include "daemon/generation_task.h"
 
+#include "daemon/log.h"
+
 #include <algorithm>
 
 #include "engine/error.h"
+#include "engine/memory_plan.h"
 
 namespace gptqd::daemon {
 
@@ -89,11 +92,12 @@ void GenerationTask::start(WorkerModel& m, bool fresh_load) {
     prompt = std::move(cut);
   }
   engine::GenerateOptions options = spec_.options;
+  options.prefill_chunk = kPrefillChunk;
   for (auto& s : extra_stops) {
     if (std::find(options.stop.begin(), options.stop.end(), s) == options.stop.end()) options.stop.push_back(s);
   }
   started.n_prompt = static_cast<int64_t>(prompt.size());
-  session_ = m.take_session(prompt, n_ctx);
+  session_ = m.take_session(prompt, n_ctx, engine::available_system_memory());
   auto on_piece = [this](std::string_view text) {
     GenerationEvent ev;
     ev.kind = GenerationEvent::Kind::piece;
@@ -107,6 +111,11 @@ void GenerationTask::start(WorkerModel& m, bool fresh_load) {
 
 bool GenerationTask::step(WorkerModel& m, bool fresh_load) {
   if (finished_) return false;
+  if (!generator_ && cancel.load()) {
+    // Cancelled while it waited in the queue: no prompt processing for nobody.
+    fail_with(ErrorCode::cancelled, "the request was cancelled before it started");
+    return false;
+  }
   try {
     if (!generator_) {
       start(m, fresh_load);
@@ -114,11 +123,7 @@ bool GenerationTask::step(WorkerModel& m, bool fresh_load) {
     }
     if (cancel.load()) generator_->cancel();
     if (generator_->step()) return true;
-    GenerationEvent done;
-    done.kind = GenerationEvent::Kind::done;
-    done.stats = generator_->stats();
-    finished_ = true;
-    emit_(std::move(done));
+    report_done();
   } catch (const Error& e) {
     fail_with(e.code(), e.what());
   } catch (const std::exception& e) {
@@ -126,6 +131,35 @@ bool GenerationTask::step(WorkerModel& m, bool fresh_load) {
   }
   if (session_) m.give_back(std::move(session_));
   return false;
+}
+
+engine::Generator* GenerationTask::batchable() {
+  if (finished_ || !generator_ || cancel.load()) return nullptr;  // a cancel takes the plain step
+  return generator_->wants_decode() ? generator_.get() : nullptr;
+}
+
+bool GenerationTask::after_batched_step(WorkerModel& m) {
+  if (finished_) return false;
+  if (!generator_->done()) return true;
+  try {
+    report_done();
+  } catch (const std::exception& e) {
+    fail_with(ErrorCode::internal, std::string("internal error: ") + e.what());
+  }
+  if (session_) m.give_back(std::move(session_));
+  return false;
+}
+
+void GenerationTask::report_done() {
+  GenerationEvent done;
+  done.kind = GenerationEvent::Kind::done;
+  done.stats = generator_->stats();
+  if (done.stats.batch_peak > 1) {
+    log_info("generation with ", model().ref, ": ", done.stats.n_generated, " token(s), decoded in batches of up to ",
+             done.stats.batch_peak);
+  }
+  finished_ = true;
+  emit_(std::move(done));
 }
 
 // ---- EvalTask ----

@@ -44,9 +44,15 @@ class GenerationTask final : public Task {
                  std::function<void(GenerationEvent)> emit);
   bool step(WorkerModel& m, bool fresh_load) override;
   void abort(ErrorCode code, const std::string& message) override;
+  engine::Generator* batchable() override;
+  bool after_batched_step(WorkerModel& m) override;
+
+  // Prompt tokens fed per step: a newcomer's long prompt lets the others decode in between.
+  static constexpr int64_t kPrefillChunk = 256;
 
  private:
   void start(WorkerModel& m, bool fresh_load);
+  void report_done();
   void fail_with(ErrorCode code, const std::string& message);
 
   GenerationSpec spec_;

@@ -18,7 +18,7 @@ enum class ErrorCode {
   not_found,          // a named model, file or job does not exist
   conflict,           // the target already exists / is busy
   io,                 // the operating system refused (open, read, write, fsync, rename)
-  no_space,           // ENOSPC or a pre-check found too little free space
+  no_space,           // ENOSPC, or a pre-check found too little free disk space or memory
   permission_denied,  // the caller may not do this
   cancelled,          // the caller or shutdown cancelled the work
   busy,               // a queue or limit is full right now; retrying later may work

@@ -9,6 +9,7 @@
 
 #include "engine/error.h"
 #include "engine/gguf.h"
+#include "engine/memory_plan.h"
 
 namespace gptqd::engine {
 namespace {
@@ -54,6 +55,13 @@ void ensure(std::vector<float>& v, int64_t n) {
 std::unique_ptr<LlamaModel> LlamaModel::load(const std::vector<SourceFile>& files, const LoadOptions& options) {
   std::unique_ptr<LlamaModel> m(new LlamaModel());
   m->info_ = inspect_model_files(files, files.empty() ? std::string("model") : files.front().name);
+  if (options.memory_available > 0) {
+    const MemoryPlan plan =
+        plan_memory(m->info_.config, estimate_weights_bytes(m->info_, options.keep_f16), /*n_ctx=*/0, /*sequences=*/0);
+    if (std::string why = memory_misfit(plan, options.memory_available, "the model", "system memory"); !why.empty()) {
+      fail(ErrorCode::no_space, why);
+    }
+  }
   if (m->info_.format == ModelFormat::gguf) {
     GgufFile g = GgufFile::open(m->info_.files.front().path.string());
     m->tokenizer_ = load_tokenizer(g);

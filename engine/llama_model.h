@@ -23,6 +23,9 @@ struct LoadOptions {
   std::string device = "cpu";
   int n_threads = 0;  // <= 0: one per hardware thread
   bool keep_f16 = true;  // fp16 stays fp16, GPTQ stays packed (INT4 kernels); false: all dense fp32
+  // Bytes of memory the weights (and one chunk of scratch) may take; 0: no check. When they would
+  // not fit, load fails with Error(no_space) before reading any weight (memory_plan.h).
+  uint64_t memory_available = 0;
 };
 
 // Scratch activations of a batched decode step (forward_batch); owned by whoever batches, reused

@@ -288,6 +288,48 @@ LlamaWeights load_gguf(const ModelInfo& info, bool keep_f16) {
 
 }  // namespace
 
+uint64_t estimate_weights_bytes(const ModelInfo& info, bool keep_f16) {
+  uint64_t total = 0;
+  if (info.format == ModelFormat::gguf) {
+    const GgufFile g = GgufFile::open(info.files.front().path.string());
+    for (const GgufTensorInfo& t : g.tensors()) {
+      // Vectors (norms, biases, rope factors) become fp32; matrices stay fp16 when stored so.
+      const bool matrix = t.ne.size() >= 2;
+      const bool f16 = keep_f16 && matrix && t.type == static_cast<uint32_t>(kernels::cpu::GgmlType::F16);
+      total += t.n_elements * (f16 ? 2 : 4);
+    }
+    return total;
+  }
+  FileMap files;
+  for (const auto& f : info.files) {
+    if (f.name.ends_with(".safetensors") || f.name == "model.safetensors.index.json") files[f.name] = f.path;
+  }
+  const SafetensorsSet set = SafetensorsSet::open(files);
+  for (const StTensor* t : set.all()) {
+    const std::string_view name = t->name;
+    if (info.gptq && (name.ends_with(".qzeros") || name.ends_with(".scales") || name.ends_with(".g_idx"))) continue;
+    if (info.gptq && name.ends_with(".qweight") && t->shape.size() == 2) {
+      const GptqConfig& q = *info.gptq;
+      const int64_t N = t->shape[1];
+      const int64_t K = t->shape[0] * 32 / q.bits;
+      if (!keep_f16) {
+        total += static_cast<uint64_t>(K * N) * 4;
+        continue;
+      }
+      // gptq_repack: the codes as packed (columns in tiles of 16), fp16 scale and zero per group
+      // and column, the act-order permutation and the group ranges.
+      const int64_t G = q.n_groups(K), cols = (N + 15) / 16 * 16;
+      total += static_cast<uint64_t>(t->shape[0] * cols) * 4 + static_cast<uint64_t>(G * cols) * 4 +
+               (q.desc_act ? static_cast<uint64_t>(K) * 4 : 0) + static_cast<uint64_t>(G + 1) * 8;
+      continue;
+    }
+    if (name.ends_with("rotary_emb.inv_freq")) continue;  // recomputed, never loaded
+    const bool f16 = keep_f16 && t->shape.size() >= 2 && t->dtype == StDtype::F16;
+    total += t->n_elements * (f16 ? 2 : 4);
+  }
+  return total;
+}
+
 uint64_t DenseMatrix::size_bytes() const {
   uint64_t n = data.size() * sizeof(float) + data_f16.size() * sizeof(uint16_t);
   for (const GptqPart& p : gptq) n += p.packed.size_bytes();

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <future>
 #include <filesystem>
 #include <random>
 #include <thread>
@@ -196,6 +197,33 @@ TEST_F(ServiceTest, ABrokenDeviceEndsTheProcessWithAFailure) {
   for (int i = 0; i < 50 && !told; ++i) told = notify.next(std::chrono::milliseconds(200)).find("STATUS=unhealthy") != std::string::npos;
   EXPECT_TRUE(told);
   EXPECT_NE(daemon_->log().find("unhealthy"), std::string::npos) << daemon_->log();
+}
+
+// B7: a device step that never returns (a wedged driver) is caught by the step clock, not only a
+// step that fails: unhealthy, and exit 1 without waiting for the stuck thread.
+TEST_F(ServiceTest, AStuckDeviceStepEndsTheProcessWithAFailure) {
+  const fs::path model = dir_ / "tiny.gguf";
+  test::write_tiny_gguf(model);
+  NotifyListener notify(dir_ / "notify.sock");
+  ASSERT_TRUE(notify.ok());
+  ASSERT_TRUE(daemon_->start({"NOTIFY_SOCKET=" + (dir_ / "notify.sock").string(), "GPTQD_FAULT_DEVICE_HANG=device.step"},
+                             {"--device-step-timeout-s", "1"}))
+      << daemon_->log();
+  auto r = daemon_->ctl({"pull", model.string(), "--name", "tiny"});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  auto gen = std::async(std::launch::async, [this] {
+    return test::http_request(daemon_->socket(), "POST", "/api/generate",
+                              json{{"model", "tiny"}, {"prompt", "hi"}, {"stream", false}, {"options", {{"num_ctx", 64}}}}.dump());
+  });
+  // 1 s of step, a watchdog tick (<= 5 s), the 10 s grace for the hung request's connection.
+  EXPECT_EQ(daemon_->wait_exit(std::chrono::seconds(60)), 1) << daemon_->log();
+  gen.wait();
+  const std::string log = daemon_->log();
+  EXPECT_NE(log.find("the device worker has been in one step for"), std::string::npos) << log;
+  EXPECT_NE(log.find("without waiting for the stuck device worker"), std::string::npos) << log;
+  bool told = false;
+  for (int i = 0; i < 50 && !told; ++i) told = notify.next(std::chrono::milliseconds(200)).find("STATUS=unhealthy") != std::string::npos;
+  EXPECT_TRUE(told);
 }
 
 // ---- authorization with real accounts --------------------------------------------------------

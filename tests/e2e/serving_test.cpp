@@ -294,6 +294,37 @@ TEST_F(ServingTest, SeveralClientsAreServedAtOnce) {
   }
 }
 
+// Continuous batching: concurrent greedy requests decode together (the log says so) and each
+// gets exactly the text it gets alone.
+TEST_F(ServingTest, ConcurrentRequestsAreBatchedAndAnswerAsAlone) {
+  const std::vector<std::string> prompts = {"The capital of France is", "1, 2, 3, 4, 5,", "def fibonacci(n):",
+                                            "Once upon a time"};
+  auto request = [](const std::string& prompt) {
+    json req = {{"model", kModel}, {"prompt", prompt}, {"raw", true}, {"stream", false},
+                {"options", {{"temperature", 0}, {"num_predict", 24}}}};
+    return post("/api/generate", req);
+  };
+  std::vector<std::string> alone;
+  for (const auto& p : prompts) {
+    HttpReply r = request(p);
+    ASSERT_EQ(r.status, 200) << r.body;
+    alone.push_back(json::parse(r.body)["response"]);
+  }
+  std::vector<std::future<HttpReply>> replies;
+  for (const auto& p : prompts) replies.push_back(std::async(std::launch::async, request, p));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    HttpReply r = replies[i].get();
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(json::parse(r.body)["response"], alone[i]) << "prompt " << i;
+  }
+  bool batched = false;
+  for (int i = 0; i < 100 && !batched; ++i) {
+    batched = daemon_->log().find("decoded in batches of up to") != std::string::npos;
+    if (!batched) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  EXPECT_TRUE(batched) << daemon_->log();
+}
+
 TEST_F(ServingTest, ClientDisconnectCancelsTheGeneration) {
   int fd = connect_unix(daemon_->socket());
   ASSERT_GE(fd, 0);
@@ -375,6 +406,27 @@ TEST_F(ServingTest, KeepAliveZeroUnloads) {
 // A daemon with room for one request at a time and one waiting: the third gets a fast 503.
 // State is observed, not timed: the first request is streaming, the second shows as queued in
 // /api/ps, then the third is refused; hanging up on the first two cancels them.
+// Memory planning: a model whose weights do not fit in the memory available is refused before
+// any weight is read, with the numbers; the daemon stays up (GPTQD_MEMORY_AVAILABLE stands in for
+// a small machine).
+TEST(ServingLimits, ModelLargerThanMemoryIsRefusedWithTheNumbers) {
+  GPTQD_REQUIRE_FILE(test_model_path());
+  TempDir dir;
+  DaemonProcess d(dir.path());
+  ASSERT_TRUE(d.start({"GPTQD_MEMORY_AVAILABLE=100000000"}, {})) << d.log();
+  ASSERT_EQ(d.ctl({"pull", test_model_path().string()}).exit_code, 0) << d.log();
+  HttpReply r = http_request(d.socket(), "POST", "/api/generate",
+                             json{{"model", kModel}, {"prompt", "Hi"}, {"stream", false}}.dump());
+  EXPECT_EQ(r.status, 507) << r.body;
+  // SmolLM2's Q4_1 GGUF becomes 513 MiB of fp32 weights on the CPU.
+  EXPECT_NE(r.body.find("the model needs 5"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("weights 513 MiB"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("but only 95 MiB of system memory is available"), std::string::npos) << r.body;
+  EXPECT_NE(r.body.find("the weights alone do not fit"), std::string::npos) << r.body;
+  EXPECT_EQ(http_request(d.socket(), "GET", "/api/health").status, 200);
+  EXPECT_TRUE(json::parse(http_request(d.socket(), "GET", "/api/ps").body)["models"].empty());
+}
+
 TEST(ServingLimits, FullQueueGets503) {
   GPTQD_REQUIRE_FILE(test_model_path());
   TempDir dir;
