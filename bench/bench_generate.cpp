@@ -4,10 +4,16 @@
 // makes with llama.cpp, so the two can be put side by side (docs/performance.md).
 //
 //   bench_generate MODEL(.gguf|folder) [--threads N] [--prompt-tokens 512] [--decode-tokens 128] [--runs 3]
+//                  [--batch 4]
+//
+// --batch N adds the continuous-batching measurement: N sequences (prompts of 64 tokens) decoded
+// together by forward_batch, against the same N taking turns one token at a time (what the
+// device worker did before batching); aggregate tokens/s of both.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <vector>
 
 #include "engine/llama_model.h"
@@ -31,13 +37,18 @@ double median(std::vector<double> v) {
 int main(int argc, char** argv) {
   CLI::App app{"bench_generate: prompt and decode tokens/s of the gptqd engine"};
   std::string model_path;
-  int threads = 2, prompt_tokens = 512, decode_tokens = 128, runs = 3;
+  int threads = 2, prompt_tokens = 512, decode_tokens = 128, runs = 3, batch = 0;
   app.add_option("model", model_path, "A .gguf file or a Hugging Face model folder")->required();
   app.add_option("--threads", threads, "Compute threads")->capture_default_str();
   app.add_option("--prompt-tokens", prompt_tokens, "Prompt length")->capture_default_str();
   app.add_option("--decode-tokens", decode_tokens, "Tokens generated one at a time")->capture_default_str();
   app.add_option("--runs", runs, "Repetitions (the median is reported)")->capture_default_str();
+  app.add_option("--batch", batch, "Also measure N sequences decoded together vs taking turns")->check(CLI::Range(0, 64));
   CLI11_PARSE(app, argc, argv);
+  if (batch > 0 && prompt_tokens < batch + 64) {
+    std::fprintf(stderr, "bench_generate: --batch %d needs --prompt-tokens >= %d\n", batch, batch + 64);
+    return 2;
+  }
 
   try {
     gptqd::engine::LoadOptions o;
@@ -72,6 +83,41 @@ int main(int argc, char** argv) {
     std::printf("| test | tokens | tokens/s (median of %d) |\n|---|---:|---:|\n", runs);
     std::printf("| prompt (pp%d) | %d | %.1f |\n", prompt_tokens, prompt_tokens, median(pp));
     std::printf("| decode (tg%d) | %d | %.1f |\n", decode_tokens, decode_tokens, median(tg));
+    if (batch > 0) {
+      // N sequences of 64-token prompts; then decode_tokens steps of all N, batched or in turns.
+      std::vector<double> batched, turns;
+      for (int r = 0; r < runs; ++r) {
+        for (bool together : {true, false}) {
+          std::vector<std::unique_ptr<Session>> ss;
+          std::vector<Session*> ptrs;
+          std::vector<int32_t> next(static_cast<size_t>(batch));
+          for (int b = 0; b < batch; ++b) {
+            ss.push_back(std::make_unique<Session>(*model, 64 + decode_tokens + 1));
+            std::vector<int32_t> p(prompt.begin() + b, prompt.begin() + b + 64);
+            model->forward(*ss.back(), p, false, logits);
+            next[static_cast<size_t>(b)] =
+                static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+            ptrs.push_back(ss.back().get());
+          }
+          gptqd::engine::BatchScratch scratch;
+          std::vector<float> out;
+          t0 = std::chrono::steady_clock::now();
+          for (int i = 0; i < decode_tokens; ++i) {
+            if (together) {
+              model->forward_batch(ptrs, next, scratch, out);
+            } else {
+              for (int b = 0; b < batch; ++b) {
+                model->forward(*ptrs[static_cast<size_t>(b)], std::span<const int32_t>(&next[static_cast<size_t>(b)], 1),
+                               false, out);
+              }
+            }
+          }
+          (together ? batched : turns).push_back(static_cast<double>(batch) * decode_tokens / seconds_since(t0));
+        }
+      }
+      std::printf("| decode, %d sequences batched | %d x %d | %.1f |\n", batch, batch, decode_tokens, median(batched));
+      std::printf("| decode, %d sequences taking turns | %d x %d | %.1f |\n", batch, batch, decode_tokens, median(turns));
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_generate: %s\n", e.what());
     return 1;

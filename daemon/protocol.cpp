@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <type_traits>
+#include <limits>
 #include <climits>
 #include <cctype>
 #include <cstdlib>
@@ -644,6 +646,25 @@ json ModelEntry::to_json(bool detailed) const {
 
 namespace {
 
+// An integer field of an answer: a float (even a whole one) or a value past the type is refused,
+// never cast (casting 1.8e20 to uint64 is undefined behaviour).
+template <typename T>
+T integer_field(const json& j, const char* key) {
+  const auto it = j.find(key);
+  if (it == j.end() || it->is_null()) return T{0};
+  if (it->is_number_unsigned()) {
+    const uint64_t v = it->get<uint64_t>();
+    if (v > static_cast<uint64_t>(std::numeric_limits<T>::max())) throw RequestError(std::string("\"") + key + "\" is too large");
+    return static_cast<T>(v);
+  }
+  if (it->is_number_integer()) {
+    const int64_t v = it->get<int64_t>();
+    if (std::is_unsigned_v<T> && v < 0) throw RequestError(std::string("\"") + key + "\" must not be negative");
+    return static_cast<T>(v);
+  }
+  throw RequestError(std::string("\"") + key + "\" must be an integer, not " + it->dump());
+}
+
 ModelEntry model_entry_fields(const json& j) {
   ModelEntry e;
   std::string ref = j.value("model", j.value("name", std::string()));
@@ -651,11 +672,11 @@ ModelEntry model_entry_fields(const json& j) {
   e.name = ref.substr(0, colon);
   e.tag = j.value("tag", colon == std::string::npos ? std::string() : ref.substr(colon + 1));
   e.is_default = j.value("default", false);
-  e.size_bytes = j.value("size", uint64_t{0});
+  e.size_bytes = integer_field<uint64_t>(j, "size");
   e.digest = j.value("digest", std::string());
-  e.created_at = j.value("created_at", int64_t{0});
+  e.created_at = integer_field<int64_t>(j, "created_at");
   e.architecture = j.value("architecture", std::string());
-  e.n_params = j.value("n_params", uint64_t{0});
+  e.n_params = integer_field<uint64_t>(j, "n_params");
   e.dtype = j.value("dtype", std::string());
   e.source = j.value("source", std::string());
   e.source_kind = j.value("source_kind", std::string());
@@ -665,8 +686,9 @@ ModelEntry model_entry_fields(const json& j) {
   if (auto c = j.find("model_info"); c != j.end()) e.config = *c;
   if (auto fs = j.find("files"); fs != j.end() && fs->is_array()) {
     for (const auto& f : *fs) {
+      if (!f.is_object()) throw RequestError("model entry: a file entry must be a JSON object");
       e.files.push_back(FileEntry{f.value("name", std::string()), f.value("digest", std::string()),
-                                  f.value("size", uint64_t{0})});
+                                  integer_field<uint64_t>(f, "size")});
     }
   }
   return e;

@@ -141,6 +141,12 @@ TEST(ModelEntry, MalformedJsonIsARequestError) {
   } catch (const RequestError& e) {
     EXPECT_NE(std::string(e.what()).find("must be a JSON object, found number"), std::string::npos) << e.what();
   }
+  // Found by fuzz_json_body: a number past uint64 (as a float) was cast, undefined behaviour.
+  EXPECT_THROW(ModelEntry::from_json(json::parse(R"({"model": "m:t", "size": 184467440737095516161})")), RequestError);
+  EXPECT_THROW(ModelEntry::from_json(json::parse(R"({"model": "m:t", "size": -1})")), RequestError);
+  EXPECT_THROW(ModelEntry::from_json(json::parse(R"({"model": "m:t", "created_at": 1.5})")), RequestError);
+  EXPECT_EQ(ModelEntry::from_json(json::parse(R"({"model": "m:t", "size": 18446744073709551615})")).size_bytes,
+            18446744073709551615ull);
 }
 
 TEST(ModelEntry, JsonHasOllamaFieldsAndRoundTrips) {
