@@ -4,6 +4,8 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <atomic>
+
 #include "kernels/cuda/gptq_cuda.h"
 #include "kernels/cuda/gptq_cuda_layout.h"
 
@@ -460,10 +462,17 @@ template <int MB>
 KernelStatus launch_tc(const TcPlan& p, const __half* x, const DeviceTcLinear& w, float* partial, __half* y, int64_t M,
                        cudaStream_t stream) {
   using L = TcSmem<MB>;
-  // Above 48 KiB of dynamic shared memory a kernel must opt in; once per process is enough, but
-  // the call is cheap and thread-safe, so it is simply repeated.
-  if (cudaFuncSetAttribute(tc_gemm_kernel<MB>, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes) != cudaSuccess) {
-    return KernelStatus::device_error;
+  // Above 48 KiB of dynamic shared memory a kernel must opt in, once per device: not on every
+  // call, which runs per linear per token.
+  static std::atomic<uint64_t> opted_in{0};  // bit d: done on device d (ordinals >= 64: every call)
+  int dev = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return KernelStatus::device_error;
+  const uint64_t bit = dev >= 0 && dev < 64 ? uint64_t{1} << dev : 0;
+  if (bit == 0 || !(opted_in.load(std::memory_order_acquire) & bit)) {
+    if (cudaFuncSetAttribute(tc_gemm_kernel<MB>, cudaFuncAttributeMaxDynamicSharedMemorySize, L::kBytes) != cudaSuccess) {
+      return KernelStatus::device_error;
+    }
+    opted_in.fetch_or(bit, std::memory_order_release);
   }
   const dim3 grid(static_cast<unsigned>(p.slabs), static_cast<unsigned>(p.row_blocks), static_cast<unsigned>(p.splits));
   tc_gemm_kernel<MB><<<grid, kTcThreads, L::kBytes, stream>>>(
