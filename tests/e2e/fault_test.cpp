@@ -55,21 +55,25 @@ class FaultTest : public ::testing::Test {
     const std::string ldd = run_command({"/usr/bin/ldd", gptqd_binary().string()}).output;
     const size_t at = ldd.find("libasan.so");
     if (at == std::string::npos) {
-      daemon_->set_wrapper({kFiuRun, "-x"});
+      daemon_->set_wrapper({kFiuRun, "-x", "-f", fifo_prefix()});
     } else {
       const size_t from = ldd.find("=> ", at) + 3;
       const std::string asan = ldd.substr(from, ldd.find(' ', from) - from);
       daemon_->set_wrapper({"/usr/bin/env",
                             "LD_PRELOAD=" + asan + " " + kFiuLibDir + "/fiu_run_preload.so " + kFiuLibDir +
                                 "/fiu_posix_preload.so",
-                            "FIU_CTRL_FIFO=/tmp/fiu-ctrl", "FIU_ENABLE="});
+                            "FIU_CTRL_FIFO=" + fifo_prefix(), "FIU_ENABLE="});
     }
     return daemon_->start({}, {"--threads", "2", "--device", "cpu"});
   }
+  // The control fifos live in the test's own directory: a daemon killed with SIGKILL leaves its
+  // fifos behind, and under /tmp they would pile up.
+  std::string fifo_prefix() const { return (dir_ / "fiu-ctrl").string(); }
   // fiu-ctrl -c "<command>" PID, e.g. "enable name=posix/io/sync/fsync,failinfo=5". Bounded:
   // fiu-ctrl blocks for ever opening the control fifo of a daemon that died.
   void fiu_ctrl(const std::string& command) {
-    auto r = run_command({"/usr/bin/timeout", "20", kFiuCtrl, "-c", command, std::to_string(daemon_->pid())});
+    auto r = run_command(
+        {"/usr/bin/timeout", "20", kFiuCtrl, "-f", fifo_prefix(), "-c", command, std::to_string(daemon_->pid())});
     ASSERT_EQ(r.exit_code, 0) << command << ": " << r.output;
   }
 
