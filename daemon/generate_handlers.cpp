@@ -238,6 +238,13 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
       if (why.find("queue is full") != std::string::npos) why += cat(" (max_queue is ", d.config().max_queue, ")");
       fail(ErrorCode::busy, why);
     }
+    // A client that hangs up cancels the task at once, even while its prompt is processed or
+    // its unstreamed answer is generated (nothing is written then that would notice).
+    auto hung_up = std::make_shared<bool>(false);
+    w.watch_hangup([task, hung_up] {
+      *hung_up = true;
+      task->cancel = true;
+    });
     // max_generation_ms: the deadline cancels the task like a client that hung up.
     const uint32_t deadline_ms = d.config().max_generation_ms;
     auto deadline_hit = std::make_shared<bool>(false);
@@ -293,7 +300,9 @@ awaitable<void> run_generation(Daemon& d, ResponseWriter& w, const std::string& 
     }
     if (f.stats.done_reason == "cancelled") {
       log_info("generation with ", tag.name, ":", tag.tag, " cancelled after ", f.stats.n_generated, " token(s)",
-               *deadline_hit ? cat(": ran past max_generation_ms (", deadline_ms, " ms)") : std::string());
+               *deadline_hit ? cat(": ran past max_generation_ms (", deadline_ms, " ms)")
+               : *hung_up || w.client_gone() ? std::string(": the client hung up")
+                                             : std::string());
     }
     if (*deadline_hit && f.stats.done_reason == "cancelled") {
       if (!stream) {

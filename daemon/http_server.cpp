@@ -5,6 +5,7 @@
 #include "daemon/http_server.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -107,6 +108,30 @@ void prepare_socket_dir(const std::filesystem::path& dir) {
 }  // namespace
 
 // ---- ResponseWriter -----------------------------------------------------------------------------
+
+ResponseWriter::~ResponseWriter() {
+  if (watch_ && watch_->active) {
+    watch_->active = false;
+    // The connection's only pending operation now is the watch's wait (the handler has returned,
+    // so nothing is being written): cancel it before the next request is read.
+    error_code ec;
+    stream_.socket().cancel(ec);
+  }
+}
+
+void ResponseWriter::watch_hangup(std::function<void()> on_hangup) {
+  if (watch_ || client_gone_) return;
+  watch_ = std::make_shared<HangupWatch>(HangupWatch{true, std::move(on_hangup)});
+  local::socket& sock = stream_.socket();
+  sock.async_wait(local::socket::wait_read, [&sock, watch = watch_](const error_code& ec) {
+    if (ec || !watch->active) return;  // cancelled with the response or the connection
+    watch->active = false;
+    // Readable: a hang-up, a half-close or the next pipelined request. A Unix stream socket
+    // reports POLLHUP only when the peer closed both directions.
+    pollfd p{sock.native_handle(), POLLIN | POLLRDHUP, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)) != 0) watch->on_hangup();
+  });
+}
 
 asio::awaitable<void> ResponseWriter::send(http::status status, std::string body, std::string_view content_type,
                                            std::string_view allow) {

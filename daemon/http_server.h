@@ -55,6 +55,17 @@ class ResponseWriter {
  public:
   ResponseWriter(Stream& stream, unsigned version, bool keep_alive, const DaemonConfig& cfg)
       : stream_(stream), version_(version), keep_alive_(keep_alive), cfg_(cfg) {}
+  ~ResponseWriter();
+  ResponseWriter(const ResponseWriter&) = delete;
+  ResponseWriter& operator=(const ResponseWriter&) = delete;
+
+  // Calls `on_hangup` (on the io thread, at most once) if the client closes its end of the
+  // connection while this response is being produced, so long work stops at once instead of at
+  // its next write, which for a prompt being processed or an unstreamed answer can be many
+  // seconds away (reliability.md D07). Only a full close counts: a client that shut down just
+  // its sending side (shutdown(SHUT_WR)) may still be reading, and one that pipelined its next
+  // request is still there; either ends the watch. The watch ends with the response.
+  void watch_hangup(std::function<void()> on_hangup);
 
   asio::awaitable<void> send(http::status status, std::string body, std::string_view content_type,
                              std::string_view allow = {});
@@ -79,6 +90,11 @@ class ResponseWriter {
   bool started_ = false;
   bool streaming_ = false;
   bool client_gone_ = false;
+  struct HangupWatch {
+    bool active = true;
+    std::function<void()> on_hangup;
+  };
+  std::shared_ptr<HangupWatch> watch_;
 };
 
 // reliability.md B01: a request whose body length is ambiguous is refused (400), never guessed at:

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Clients that hang up at every stage of a streamed response (e2e tests; reliability.md D07):
 // during the prefill (before the first token), right after the first chunk and in the middle of
-// the stream, on /api/generate, /api/chat and /v1/chat/completions, and in the middle of a pull's
-// progress stream. Each time the work is cancelled, the daemon stays healthy, its open file
+// the stream, on /api/generate, /api/chat and /v1/chat/completions, during an unstreamed answer,
+// and in the middle of a pull's progress stream. Each time the work is cancelled, the daemon stays healthy, its open file
 // descriptors return to where they were and the next request is served.
 // (serving_test's ClientDisconnectCancelsTheGeneration is the plain /api/generate first-token case.)
 #include <gtest/gtest.h>
@@ -78,9 +78,9 @@ class DisconnectTest : public ::testing::Test {
     std::string text = "Count from 1 to 1000, separated by commas.";
     if (long_prompt) {
       std::string filler;
-      // About 400 tokens: a prefill of a second or two here. The prefill is one forward pass that
-      // is not interrupted; a hang-up during it is noticed at the first token (see the notes).
-      for (int i = 0; i < 40; ++i) filler += "The quick brown fox jumps over the lazy dog. ";
+      // About 1,000 tokens: four 256-token prefill chunks, seconds here. The daemon watches the
+      // socket while nothing is written and stops the prefill at the next chunk boundary.
+      for (int i = 0; i < 100; ++i) filler += "The quick brown fox jumps over the lazy dog. ";
       text = filler + text;
     }
     if (path == "/api/generate") {
@@ -93,15 +93,25 @@ class DisconnectTest : public ::testing::Test {
     return {{"model", kModel}, {"messages", messages}, {"stream", true}, {"temperature", 0}, {"max_tokens", 500}};
   }
 
+  // Connects and sends one POST; the connected fd, or -1.
+  static int send_post(const std::string& path, const std::string& body, const std::string& extra_headers = "") {
+    const int fd = connect_unix(daemon_->socket());
+    if (fd < 0) return -1;
+    const std::string req = "POST " + path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+                            extra_headers + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    if (::send(fd, req.data(), req.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(req.size())) {
+      ::close(fd);
+      return -1;
+    }
+    return fd;
+  }
+
   // Sends a streamed request, hangs up at `stage`, then checks what a hang-up must leave behind.
   void hang_up(const Route& route, Stage stage) {
     const size_t cancels_before = count_of(daemon_->log(), "cancelled after");
     const std::string body = body_for(route.path, stage == Stage::prefill).dump();
-    int fd = connect_unix(daemon_->socket());
+    const int fd = send_post(route.path, body);
     ASSERT_GE(fd, 0);
-    const std::string req = std::string("POST ") + route.path + " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
-                            "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
-    ASSERT_EQ(::send(fd, req.data(), req.size(), MSG_NOSIGNAL), static_cast<ssize_t>(req.size()));
     const size_t want = stage == Stage::prefill ? 0 : stage == Stage::first_chunk ? 1 : 12;
     std::string got;
     char buf[4096];
@@ -124,9 +134,7 @@ class DisconnectTest : public ::testing::Test {
     }
     EXPECT_TRUE(cancelled) << daemon_->log();
     if (cancelled && stage == Stage::prefill) {
-      const std::string log = daemon_->log();
-      const size_t at = log.rfind("cancelled after ") + 16;
-      EXPECT_LE(std::stoi(log.substr(at)), 2) << "a hang-up during the prefill stops at the first token";
+      EXPECT_EQ(last_cancel_tokens(), 0) << "a hang-up during the prefill stops it before any token\n" << daemon_->log();
     }
     json ps;
     for (int i = 0; i < 100; ++i) {
@@ -138,6 +146,16 @@ class DisconnectTest : public ::testing::Test {
     EXPECT_EQ(http_request(daemon_->socket(), "GET", "/api/health").status, 200);
     EXPECT_TRUE(next_request_works()) << daemon_->log();
     expect_fds_back();
+  }
+
+  // The token count of the newest "cancelled after N token(s): the client hung up" line, or -1.
+  static int last_cancel_tokens() {
+    const std::string log = daemon_->log();
+    const size_t at = log.rfind("cancelled after ");
+    if (at == std::string::npos) return -1;
+    const size_t eol = log.find('\n', at);
+    if (log.substr(at, eol - at).find(": the client hung up") == std::string::npos) return -1;
+    return std::stoi(log.substr(at + 16));
   }
 
   void expect_fds_back() {
@@ -172,6 +190,62 @@ TEST_F(DisconnectTest, ChatMidStream) { hang_up(kChat, Stage::mid_stream); }
 TEST_F(DisconnectTest, OpenAiDuringThePrefill) { hang_up(kOpenAi, Stage::prefill); }
 TEST_F(DisconnectTest, OpenAiAfterTheFirstChunk) { hang_up(kOpenAi, Stage::first_chunk); }
 TEST_F(DisconnectTest, OpenAiMidStream) { hang_up(kOpenAi, Stage::mid_stream); }
+
+// An unstreamed request writes nothing until its answer is complete, so only the watch on the
+// socket can see the hang-up: the generation stops within moments, far short of its 500 tokens.
+TEST_F(DisconnectTest, GenerateNotStreamed) {
+  const size_t cancels_before = count_of(daemon_->log(), "cancelled after");
+  json body = body_for("/api/generate", false);
+  body["stream"] = false;
+  const int fd = send_post("/api/generate", body.dump());
+  ASSERT_GE(fd, 0);
+  // Into the decode: wait until the model is active on this request, then a little more.
+  for (int i = 0; i < 200; ++i) {
+    json ps = json::parse(http_request(daemon_->socket(), "GET", "/api/ps").body);
+    if (!ps["models"].empty() && ps["models"][0]["active"] == 1) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  ::close(fd);
+  const auto hung_up_at = std::chrono::steady_clock::now();
+  bool cancelled = false;
+  while (!cancelled && std::chrono::steady_clock::now() - hung_up_at < std::chrono::seconds(30)) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    cancelled = count_of(daemon_->log(), "cancelled after") > cancels_before;
+  }
+  const double waited_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - hung_up_at).count();
+  ASSERT_TRUE(cancelled) << "the unstreamed generation ran on after the hang-up\n" << daemon_->log();
+  EXPECT_LT(waited_s, 5.0) << "noticed " << waited_s << " s after the hang-up";
+  const int tokens = last_cancel_tokens();
+  EXPECT_GE(tokens, 0) << daemon_->log();
+  EXPECT_LT(tokens, 500) << daemon_->log();
+  EXPECT_TRUE(next_request_works()) << daemon_->log();
+  expect_fds_back();
+}
+
+// A client that only shuts down its sending side after the request (shutdown(SHUT_WR)) is still
+// reading: its unstreamed answer comes whole, not cancelled.
+TEST_F(DisconnectTest, HalfCloseIsNotAHangUp) {
+  json req = {{"model", kModel}, {"prompt", "1, 2, 3,"}, {"raw", true}, {"stream", false},
+              {"options", {{"temperature", 0}, {"num_predict", 20}}}};
+  const int fd = send_post("/api/generate", req.dump(), "Connection: close\r\n");
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(::shutdown(fd, SHUT_WR), 0);
+  std::string got;
+  char buf[4096];
+  for (;;) {
+    pollfd p{fd, POLLIN, 0};
+    ASSERT_GT(::poll(&p, 1, 60000), 0) << "no answer within 60 s: " << got;
+    const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+    if (n <= 0) break;
+    got.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fd);
+  ASSERT_EQ(got.rfind("HTTP/1.1 200", 0), 0u) << got;
+  const json answer = json::parse(got.substr(got.find("\r\n\r\n") + 4));
+  EXPECT_EQ(answer["done_reason"], "length") << answer.dump();
+  EXPECT_EQ(answer["eval_count"], 20) << answer.dump();
+}
 
 // A pull's progress stream: the client leaves mid-copy, the pull is cancelled (its job says so),
 // nothing of it stays, and the descriptors it held (source, partial) are closed.
