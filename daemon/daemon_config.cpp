@@ -322,7 +322,9 @@ void DaemonConfig::apply_json(std::string_view text, std::string_view where) {
     fail(ErrorCode::invalid_argument, where, ": the config must be a JSON object such as {\"max_queue\": 32}, not ",
          engine::json_type_name(doc));
   }
-  for (const auto& [key, value] : doc.items()) {
+  for (const auto& item : doc.items()) {
+    const std::string& key = item.key();  // (not a structured binding: clang 14 cannot capture one)
+    const json& value = item.value();
     const auto it = std::find_if(std::begin(kSettings), std::end(kSettings), [&](const Setting& s) { return s.key == key; });
     if (it == std::end(kSettings)) {
       fail(ErrorCode::invalid_argument, where, ": unknown key ", shown(json(key)), suggestion(key),

@@ -200,11 +200,7 @@ void digest_file(const fs::path& p, uint64_t size, std::string* sha256, std::str
   *git_sha1 = hex_of(d, n);
 }
 
-bool is_hex(const std::string& s, size_t len) {
-  return s.size() == len && std::all_of(s.begin(), s.end(), [](char ch) { return std::isxdigit(static_cast<unsigned char>(ch)); });
-}
-
-constexpr size_t kMaxRanges = 64;
+constexpr size_t kMaxRanges = kMaxDownloadRanges;
 
 // "scheme://host/path" of a URL: no user info, query or fragment (presigned URLs carry secrets
 // there), for error messages.
@@ -797,23 +793,6 @@ uint64_t probe_size(const HubSettings& s, const std::string& url) {
 
 }  // namespace
 
-uint64_t DownloadState::completed() const { return std::accumulate(done.begin(), done.end(), uint64_t{0}); }
-
-std::string DownloadState::to_json() const { return json{{"done", done}}.dump(); }
-
-DownloadState DownloadState::from_json(std::string_view text) {
-  const json j = json::parse(text.begin(), text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded() || !j.is_object()) return {};
-  const auto it = j.find("done");
-  if (it == j.end() || !it->is_array() || it->size() > kMaxRanges) return {};
-  DownloadState s;
-  for (const json& v : *it) {
-    if (!v.is_number_unsigned()) return {};
-    s.done.push_back(v.get<uint64_t>());
-  }
-  return s;
-}
-
 HubSettings HubSettings::from_environment(const std::string& config_endpoint, const fs::path& config_token_file) {
   HubSettings s;
   std::string e = trim(env("HF_ENDPOINT"));
@@ -864,60 +843,6 @@ HubSettings HubSettings::from_environment(const std::string& config_endpoint, co
   return s;
 }
 
-HubRepoRef HubRepoRef::parse(std::string_view text) {
-  HubRepoRef r;
-  std::string t(text);
-  if (t.rfind("datasets/", 0) == 0) {
-    r.kind = RepoKind::dataset;
-    t = t.substr(9);
-  } else if (t.rfind("models/", 0) == 0) {
-    t = t.substr(7);
-  }
-  if (const auto at = t.find('@'); at != std::string::npos) {
-    r.revision = t.substr(at + 1);
-    t = t.substr(0, at);
-    if (r.revision.empty()) fail(ErrorCode::invalid_argument, "'", text, "': the revision after '@' is empty");
-  }
-  const auto slash = t.find('/');
-  auto valid = [](const std::string& part) {
-    return !part.empty() && part.size() <= 96 && part != "." && part != ".." &&
-           std::all_of(part.begin(), part.end(), [](char ch) {
-             return std::isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.';
-           });
-  };
-  if (slash == std::string::npos || !valid(t.substr(0, slash)) || !valid(t.substr(slash + 1))) {
-    fail(ErrorCode::invalid_argument, "'", text, "' is not a Hub repo: use ORG/NAME, ORG/NAME@REVISION or datasets/ORG/NAME");
-  }
-  if (r.revision.size() > 256 || r.revision.find_first_of(" \t\r\n") != std::string::npos || r.revision.find("..") != std::string::npos) {
-    fail(ErrorCode::invalid_argument, "'", text, "': '", r.revision, "' is not a valid revision");
-  }
-  r.repo_id = t;
-  return r;
-}
-
-std::string HubRepoRef::display() const {
-  return cat(kind == RepoKind::dataset ? "datasets/" : "", repo_id, "@", revision);
-}
-
-void check_repo_file_name(std::string_view name) {
-  auto bad = [&](const char* why) { fail(ErrorCode::invalid_model, "the Hub listed a file name gptqd will not write (", why, "): '", std::string(name.substr(0, 200)), "'"); };
-  if (name.empty() || name.size() > 1024) bad("empty or too long");
-  if (name.front() == '/') bad("absolute path");
-  for (char ch : name) {
-    if (static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f) bad("control character");
-    if (ch == '\\') bad("backslash");
-  }
-  size_t start = 0;
-  for (;;) {
-    const size_t slash = name.find('/', start);
-    const std::string_view seg = name.substr(start, slash == std::string_view::npos ? std::string_view::npos : slash - start);
-    if (seg.empty()) bad("empty path segment");
-    if (seg == "." || seg == "..") bad("'.' or '..' segment");
-    if (slash == std::string_view::npos) break;
-    start = slash + 1;
-  }
-}
-
 HubClient::HubClient(HubSettings settings) : settings_(std::move(settings)) { global_init(); }
 
 HubRepoInfo HubClient::repo_info(const HubRepoRef& ref) const {
@@ -945,31 +870,7 @@ HubRepoInfo HubClient::repo_info(const HubRepoRef& ref) const {
     r.hub_message = hub_message(r.body);
     fail_status(settings_, ref, r, "repo info");
   }
-  HubRepoInfo info;
-  try {
-    const json j = engine::parse_json_strict(r.body, "the Hub's repo info");
-    info.repo_id = j.at("id").get<std::string>();
-    info.sha = j.at("sha").get<std::string>();
-    for (const json& s : j.at("siblings")) {
-      HubFile f;
-      f.path = s.at("rfilename").get<std::string>();
-      check_repo_file_name(f.path);
-      if (s.contains("size")) f.size = s.at("size").get<uint64_t>();
-      if (s.contains("blobId")) f.blob_id = s.at("blobId").get<std::string>();
-      if (s.contains("lfs") && s.at("lfs").is_object()) {
-        f.lfs_sha256 = s.at("lfs").at("sha256").get<std::string>();
-        f.size = s.at("lfs").at("size").get<uint64_t>();
-        if (!is_hex(f.lfs_sha256, 64)) fail(ErrorCode::invalid_model, "bad LFS sha256 for ", f.path);
-      }
-      info.files.push_back(std::move(f));
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail(ErrorCode::invalid_model, "the Hub's reply for ", ref.display(), " is not what its API returns: ", e.what());
-  }
-  if (!is_hex(info.sha, 40)) fail(ErrorCode::invalid_model, "the Hub's reply for ", ref.display(), " has no commit sha");
-  return info;
+  return parse_repo_info(r.body, ref);
 }
 
 std::string HubClient::download(const HubRepoRef& ref, const std::string& sha, const HubFile& file,

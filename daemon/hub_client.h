@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
@@ -94,6 +95,19 @@ struct UrlDownload {
   std::string sha256;  // hex, of the bytes downloaded
   uint64_t size = 0;
 };
+
+// The most ranges one download is split into (and a stored DownloadState may have).
+inline constexpr size_t kMaxDownloadRanges = 64;
+
+// `s` is exactly `len` hex digits (either case).
+bool is_hex(std::string_view s, size_t len);
+
+// The body of GET /api/{models,datasets}/{repo}/revision/{rev}?blobs=true as HubRepoInfo:
+// commit sha (40 hex), and per file its checked name, size, git blob id and LFS sha256 (hex ids
+// lowercased). Error(invalid_model) naming `ref` for anything else: not the API's shape, a size
+// that is not a non-negative integer, a bad id, a name check_repo_file_name refuses, a name
+// listed twice, or a name that is also another file's directory.
+HubRepoInfo parse_repo_info(std::string_view body, const HubRepoRef& ref);
 
 // Rejects file names a server must never make us write: empty, absolute, "..", ".", empty
 // segments, backslashes, control characters, longer than 1024 bytes. Error(invalid_model).

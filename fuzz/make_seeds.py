@@ -460,6 +460,49 @@ def json_body_seeds(out):
     put(out, t, "wrong_type", b"\x05" + b'{"model":"a","prompt":"x","max_tokens":"10"}')
 
 
+def hub_seeds(out):
+    t = "fuzz_hub_json"
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    siblings = [{"rfilename": "config.json", "size": 700, "blobId": "a" * 40},
+                {"rfilename": "model.safetensors", "size": 134, "blobId": "b" * 40,
+                 "lfs": {"sha256": "c" * 64, "size": 269060552, "pointerSize": 134}},
+                {"rfilename": "onnx/model.onnx", "size": 5}]
+    info = {"_id": "x", "id": "HuggingFaceTB/SmolLM2-135M", "sha": sha, "private": False, "gated": False,
+            "siblings": siblings}
+    state = {"done": [1048576, 0, 524288, 7]}
+    put(out, t, "info", json.dumps(info))
+    put(out, t, "info_state_ref", json.dumps(info).encode() + b"\0" + json.dumps(state).encode() + b"\0" +
+        b"datasets/org/corpus@v1.0")
+    put(out, t, "dup", json.dumps({"id": "o/n", "sha": sha, "siblings": [siblings[0], siblings[0]]}))
+    put(out, t, "file_and_dir", json.dumps({"id": "o/n", "sha": sha, "siblings": [
+        {"rfilename": "a"}, {"rfilename": "a/b"}]}))
+    put(out, t, "traversal", json.dumps({"id": "o/n", "sha": sha, "siblings": [{"rfilename": "../../x"}]}))
+    put(out, t, "float_size", b'{"id":"o/n","sha":"' + sha.encode() + b'","siblings":[{"rfilename":"x","size":1.8e20}]}')
+    put(out, t, "negative_size", b'{"id":"o/n","sha":"' + sha.encode() + b'","siblings":[{"rfilename":"x","size":-1}]}')
+    put(out, t, "upper_sha", json.dumps({"id": "o/n", "sha": sha.upper(), "siblings": []}))
+    put(out, t, "states", b"{}\0" + b'{"done":[1,2,3]}' + b"\0" + b"org/name@main")
+    put(out, t, "state_bad", b"{}\0" + b'{"done":[-1, 1.5, "x"]}')
+    put(out, t, "state_many", b"{}\0" + json.dumps({"done": list(range(70))}).encode())
+
+    t = "fuzz_daemon_config"
+    put(out, t, "empty", "{}")
+    put(out, t, "all", json.dumps({
+        "state_dir": "/var/lib/gptqd", "socket": "/run/gptqd/gptqd.sock", "socket_mode": "0660",
+        "admin_group": "gptq-admin", "user_group": "gptq", "device": "cuda:0", "dbus": "auto",
+        "hub_endpoint": "https://huggingface.co/", "hub_token_file": "/etc/gptqd/token",
+        "max_queue": 32, "max_connections": 128, "max_connections_per_uid": 64, "idle_timeout_ms": 30000,
+        "header_timeout_ms": 10000, "write_timeout_ms": 30000, "max_header_bytes": 16384,
+        "max_body_bytes": 8388608, "max_json_depth": 64, "max_messages": 1024, "max_stop_strings": 13,
+        "max_stop_bytes": 256, "max_generation_ms": 0, "device_step_timeout_s": 1800, "keep_alive": "5m",
+        "max_loaded_models": 2, "io_workers": 2}))
+    put(out, t, "unknown_key", '{"max_qeue": 3}')
+    put(out, t, "bad_types", '{"max_queue": "3", "keep_alive": true, "socket_mode": "999", "device": "cuda:x"}')
+    put(out, t, "relative_path", '{"state_dir": "var/lib"}')
+    put(out, t, "long_group", json.dumps({"admin_group": "g" * 5000}))
+    put(out, t, "dbus_address", json.dumps({"dbus": "unix:path=/run/dbus/system_bus_socket"}))
+    put(out, t, "not_object", "[1, 2]")
+
+
 DICTS = {
     "json.dict": ['"{"', '"}"', '"["', '"]"', '":"', '","', '"\\""', '"true"', '"false"', '"null"', '"-1"',
                   '"1e999"', '"0.5"', '"\\\\u0000"', '"\\\\ud800"', '"9007199254740993"', '"18446744073709551616"'],
@@ -487,6 +530,7 @@ def main():
     chat_seeds(a.out, repo, shared)
     http_seeds(a.out)
     json_body_seeds(a.out)
+    hub_seeds(a.out)
     # Dictionaries: JSON keys and values for the JSON-shaped inputs, HTTP tokens for the parser.
     dict_dir = os.path.join(a.out, "dict")
     os.makedirs(dict_dir, exist_ok=True)

@@ -29,7 +29,8 @@ while (($#)); do
   esac
 done
 all_targets=(fuzz_safetensors_header fuzz_safetensors_index fuzz_gguf fuzz_ggml_dequant fuzz_model_config
-             fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_chat_template fuzz_http_request fuzz_json_body)
+             fuzz_tokenizer_json fuzz_tokenizer_encode fuzz_chat_template fuzz_http_request fuzz_json_body
+             fuzz_hub_json fuzz_daemon_config)
 ((${#targets[@]})) || targets=("${all_targets[@]}")
 
 cc=${GPTQD_FUZZ_CC:-clang-14}
@@ -54,7 +55,8 @@ rm -rf "$seeds"
 python3 fuzz/make_seeds.py "$seeds" --shared-data "$GPTQD_SHARED_DATA" ${GPTQD_TEST_MODEL:+--test-model "$GPTQD_TEST_MODEL"}
 
 declare -A dict=([fuzz_safetensors_index]=json.dict [fuzz_model_config]=json.dict [fuzz_tokenizer_json]=json.dict
-                 [fuzz_json_body]=json.dict [fuzz_http_request]=http.dict)
+                 [fuzz_json_body]=json.dict [fuzz_http_request]=http.dict [fuzz_hub_json]=json.dict
+                 [fuzz_daemon_config]=json.dict)
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:allocator_may_return_null=0}
 failed=()

@@ -654,6 +654,66 @@ TEST(HubNames, DownloadStateRoundTripsThroughJson) {
   }
 }
 
+// The repo-info reply, parsed without a server (the shapes huggingface_hub gets from the Hub).
+TEST(HubRepoInfoReply, FilesWithSizesIdsAndLfs) {
+  const std::string sha(40, 'a');
+  const json reply = {{"id", "org/tiny"},
+                      {"sha", "ABCDEF0123456789ABCDEF0123456789ABCDEF01"},
+                      {"siblings",
+                       {{{"rfilename", "config.json"}, {"size", 12}, {"blobId", std::string(40, 'B')}},
+                        {{"rfilename", "sub/model.safetensors"},
+                         {"size", 134},
+                         {"blobId", sha},
+                         {"lfs", {{"sha256", std::string(64, 'C')}, {"size", 1ull << 40}, {"pointerSize", 134}}}}}}};
+  const HubRepoInfo info = parse_repo_info(reply.dump(), HubRepoRef::parse("org/tiny"));
+  EXPECT_EQ(info.repo_id, "org/tiny");
+  EXPECT_EQ(info.sha, "abcdef0123456789abcdef0123456789abcdef01") << "ids are compared with lowercase digests";
+  ASSERT_EQ(info.files.size(), 2u);
+  EXPECT_EQ(info.files[0].path, "config.json");
+  EXPECT_EQ(info.files[0].size, 12u);
+  EXPECT_EQ(info.files[0].blob_id, std::string(40, 'b'));
+  EXPECT_EQ(info.files[1].size, 1ull << 40) << "an LFS file's size is the object's, not the pointer's";
+  EXPECT_EQ(info.files[1].lfs_sha256, std::string(64, 'c'));
+}
+
+TEST(HubRepoInfoReply, MalformedRepliesAreRefusedNamingTheProblem) {
+  const HubRepoRef ref = HubRepoRef::parse("org/tiny@main");
+  auto reply_with = [](json siblings) {
+    return json{{"id", "org/tiny"}, {"sha", std::string(40, '1')}, {"siblings", std::move(siblings)}}.dump();
+  };
+  auto error_of = [&](const std::string& body) {
+    try {
+      parse_repo_info(body, ref);
+    } catch (const Error& e) {
+      EXPECT_EQ(e.code(), ErrorCode::invalid_model) << "code: " << e.what();
+      EXPECT_NE(std::string(e.what()).find("org/tiny@main"), std::string::npos) << "unnamed: " << e.what();
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  const json file = {{"rfilename", "a.json"}, {"size", 1}};
+  EXPECT_NE(error_of(reply_with({file, file})).find("lists a.json twice"), std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "a"}}, {{"rfilename", "a/b.json"}}})).find("lists a as a file and as a directory"),
+            std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "a/b.json"}}, {{"rfilename", "a"}}})).find("lists a as a file and as a directory"),
+            std::string::npos);
+  EXPECT_EQ(error_of(reply_with({{{"rfilename", "a/b.json"}}, {{"rfilename", "a/c.json"}}})), "accepted");
+  // Sizes past uint64 or below zero were cast (undefined behaviour); now they are refused.
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "x"}, {"size", 1.8e20}}})).find("the size of x is not a byte count"), std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "x"}, {"size", -1}}})).find("not a byte count"), std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "x"}, {"lfs", {{"sha256", std::string(64, 'a')}, {"size", 2.5}}}}}))
+                .find("the LFS size of x is not a byte count"),
+            std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "x"}, {"blobId", "xyz"}}})).find("bad git blob id for x"), std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "x"}, {"lfs", {{"sha256", "00"}, {"size", 2}}}}})).find("bad LFS sha256 for x"),
+            std::string::npos);
+  EXPECT_NE(error_of(reply_with({{{"rfilename", "../x"}}})).find("will not write"), std::string::npos);
+  EXPECT_NE(error_of(json{{"id", "org/tiny"}, {"sha", "main"}, {"siblings", json::array()}}.dump()).find("no commit sha"),
+            std::string::npos);
+  EXPECT_NE(error_of("{\"id\": 1}").find("is not what its API returns"), std::string::npos);
+  EXPECT_NE(error_of("[").find("invalid JSON"), std::string::npos);
+}
+
 TEST(HubNames, ParallelKnobsComeFromTheEnvironment) {
   auto with_env = [](const char* min_bytes, const char* parts) {
     unsetenv("GPTQD_HUB_PARALLEL_MIN_BYTES");
