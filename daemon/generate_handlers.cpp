@@ -449,6 +449,7 @@ awaitable<void> handle_eval(Daemon& d, Request& req, ResponseWriter& w) {
     d.registry().finish_job(job_id, "failed", why);
     fail(ErrorCode::busy, why);
   }
+  w.watch_hangup([task] { task->cancel = true; });  // stop at the next window, streamed or not
   if (r.stream) {
     json first = {{"event", "progress"}, {"status", "evaluating " + target + " on " + r.dataset}, {"job", job_id}};
     co_await w.begin_stream(protocol::kNdjsonType);

@@ -223,6 +223,31 @@ TEST_F(DisconnectTest, GenerateNotStreamed) {
   expect_fds_back();
 }
 
+// An unstreamed perplexity evaluation: the hang-up stops it at the next window, and its job says
+// so, instead of it running through every window of the dataset.
+TEST_F(DisconnectTest, EvalNotStreamed) {
+  const fs::path wiki = shared_data_dir() / "wikitext-2-raw" / "wiki.test.raw";
+  GPTQD_REQUIRE_FILE(wiki);
+  auto add = daemon_->ctl({"dataset", "add", "wiki-disconnect", wiki.string()});
+  ASSERT_EQ(add.exit_code, 0) << add.output;
+  const json body = {{"model", kModel}, {"dataset", "wiki-disconnect"}, {"seqlen", 256}, {"max_windows", 1000}, {"stream", false}};
+  const int fd = send_post("/api/eval", body.dump());
+  ASSERT_GE(fd, 0);
+  std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  ::close(fd);
+  std::string state;
+  for (int i = 0; i < 250 && state != "cancelled"; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    const json jobs = json::parse(http_request(daemon_->socket(), "GET", "/api/jobs").body);
+    for (const auto& j : jobs["jobs"]) {
+      if (j["kind"] == "eval") state = j["state"].get<std::string>();
+    }
+  }
+  EXPECT_EQ(state, "cancelled") << "the evaluation ran on for 5 s after the hang-up\n" << daemon_->log();
+  EXPECT_TRUE(next_request_works()) << daemon_->log();
+  expect_fds_back();
+}
+
 // A client that only shuts down its sending side after the request (shutdown(SHUT_WR)) is still
 // reading: its unstreamed answer comes whole, not cancelled.
 TEST_F(DisconnectTest, HalfCloseIsNotAHangUp) {
