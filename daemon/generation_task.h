@@ -13,6 +13,7 @@
 #include "daemon/device_worker.h"
 #include "engine/chat_template.h"
 #include "engine/generate.h"
+#include "engine/memory_plan.h"
 #include "engine/perplexity.h"
 
 namespace gptqd::daemon {
@@ -48,7 +49,7 @@ class GenerationTask final : public Task {
   bool after_batched_step(WorkerModel& m) override;
 
   // Prompt tokens fed per step: a newcomer's long prompt lets the others decode in between.
-  static constexpr int64_t kPrefillChunk = 256;
+  static constexpr int64_t kPrefillChunk = engine::kForwardChunkTokens;
 
  private:
   void start(WorkerModel& m, bool fresh_load);

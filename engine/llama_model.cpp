@@ -16,7 +16,7 @@ namespace {
 
 // Tokens per forward chunk: bounds scratch memory (and the logits of all_positions) while
 // keeping matmuls large enough for BLAS to be efficient.
-constexpr int64_t kChunk = 256;
+constexpr int64_t kChunk = kForwardChunkTokens;
 
 // RoPE inverse frequencies theta^(-2j/d), with the model's scaling (HF's
 // _compute_llama3_parameters for llama3, position/factor for linear, GGUF rope_freqs factors).

@@ -11,8 +11,7 @@
 namespace gptqd::engine {
 namespace {
 
-// Tokens per prefill chunk (LlamaModel's kChunk): the scratch is sized for it.
-constexpr int64_t kChunkTokens = 256;
+constexpr int64_t kChunkTokens = kForwardChunkTokens;
 // A context is suggested in whole multiples of this.
 constexpr int64_t kCtxStep = 256;
 

@@ -14,6 +14,11 @@
 
 namespace gptqd::engine {
 
+// The most tokens the forward pass runs at once: longer prompts go through in chunks of this
+// many, and the activation scratch (and so the plan's workspace) is sized for one chunk. The
+// daemon feeds prompts one such chunk per step, between other requests' tokens.
+inline constexpr int64_t kForwardChunkTokens = 256;
+
 struct MemoryPlan {
   uint64_t weights_bytes = 0;
   uint64_t kv_bytes_per_token = 0;  // one sequence, all layers, K and V

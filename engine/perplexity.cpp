@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/error.h"
+#include "engine/memory_plan.h"
 #include "engine/session.h"
 
 namespace gptqd::engine {
@@ -114,7 +115,7 @@ bool PerplexityEvaluator::step() {
   session_.truncate(0);
   auto window = std::span<const int32_t>(tokens_).subspan(static_cast<size_t>(w * seqlen_), static_cast<size_t>(seqlen_));
   // Fed in chunks so the all-positions logits stay small; position t predicts token t+1.
-  constexpr int64_t kChunk = 256;
+  constexpr int64_t kChunk = kForwardChunkTokens;
   double nll = 0;
   for (int64_t begin = 0; begin < seqlen_; begin += kChunk) {
     const int64_t len = std::min(kChunk, seqlen_ - begin);
