@@ -113,6 +113,33 @@ void LlamaModel::prefill(Session& s, std::span<const int32_t> tokens) const {
   }
 }
 
+void LlamaModel::qkv_rows(const LayerWeights& L, int64_t n, const int32_t* positions, const Rows& r) const {
+  const ModelConfig& c = info_.config;
+  Backend& be = *backend_;
+  const int64_t H = c.hidden_size, Q = c.n_heads * c.head_dim, QKV = Q + 2 * c.n_kv_heads * c.head_dim;
+  be.rms_norm(r.x, L.attn_norm.data(), n, H, static_cast<float>(c.rms_norm_eps), r.h);
+  be.matmul(L.qkv, r.h, n, r.qkv);
+  if (!L.qkv_bias.empty()) {
+    for (int64_t i = 0; i < n; ++i) be.add(r.qkv + i * QKV, L.qkv_bias.data(), QKV);
+  }
+  // q at columns [0, Q), k at [Q, Q+KV), v at [Q+KV, QKV).
+  be.rope(r.qkv, n, QKV, c.n_heads, c.head_dim, positions, inv_freq_.data());
+  be.rope(r.qkv + Q, n, QKV, c.n_kv_heads, c.head_dim, positions, inv_freq_.data());
+}
+
+void LlamaModel::mlp_rows(const LayerWeights& L, int64_t n, const Rows& r) const {
+  const ModelConfig& c = info_.config;
+  Backend& be = *backend_;
+  const int64_t H = c.hidden_size, I = c.intermediate_size;
+  be.matmul(L.o, r.attn, n, r.tmp);
+  be.add(r.x, r.tmp, n * H);
+  be.rms_norm(r.x, L.ffn_norm.data(), n, H, static_cast<float>(c.rms_norm_eps), r.h);
+  be.matmul(L.gate_up, r.h, n, r.gate_up);
+  be.silu_mul(r.gate_up, n, I, r.act);
+  be.matmul(L.down, r.act, n, r.tmp);
+  be.add(r.x, r.tmp, n * H);
+}
+
 void LlamaModel::forward_batch(std::span<Session* const> sessions, std::span<const int32_t> tokens, BatchScratch& b,
                                std::vector<float>& logits) const {
   const ModelConfig& c = info_.config;
@@ -146,15 +173,10 @@ void LlamaModel::forward_batch(std::span<Session* const> sessions, std::span<con
     b.positions[static_cast<size_t>(i)] = static_cast<int32_t>(sessions[static_cast<size_t>(i)]->pos_);
     weights_.embed.row(tokens[static_cast<size_t>(i)], b.x.data() + i * H);
   }
+  const Rows rows{b.x.data(), b.h.data(), b.qkv.data(), b.attn.data(), b.gate_up.data(), b.act.data(), b.tmp.data()};
   for (size_t li = 0; li < weights_.layers.size(); ++li) {
     const LayerWeights& L = weights_.layers[li];
-    be.rms_norm(b.x.data(), L.attn_norm.data(), n, H, eps, b.h.data());
-    be.matmul(L.qkv, b.h.data(), n, b.qkv.data());
-    if (!L.qkv_bias.empty()) {
-      for (int64_t i = 0; i < n; ++i) be.add(b.qkv.data() + i * QKV, L.qkv_bias.data(), QKV);
-    }
-    be.rope(b.qkv.data(), n, QKV, c.n_heads, c.head_dim, b.positions.data(), inv_freq_.data());
-    be.rope(b.qkv.data() + Q, n, QKV, c.n_kv_heads, c.head_dim, b.positions.data(), inv_freq_.data());
+    qkv_rows(L, n, b.positions.data(), rows);
     // Each row's k and v go into its own session's cache; attention is per session (its own
     // length), the one part of the step that is not shared.
     for (int64_t i = 0; i < n; ++i) {
@@ -167,13 +189,7 @@ void LlamaModel::forward_batch(std::span<Session* const> sessions, std::span<con
       be.attention(row, QKV, k_cache, v_cache, KV, 1, s.pos_, c.n_heads, c.n_kv_heads, c.head_dim,
                    b.attn.data() + i * Q);
     }
-    be.matmul(L.o, b.attn.data(), n, b.tmp.data());
-    be.add(b.x.data(), b.tmp.data(), n * H);
-    be.rms_norm(b.x.data(), L.ffn_norm.data(), n, H, eps, b.h.data());
-    be.matmul(L.gate_up, b.h.data(), n, b.gate_up.data());
-    be.silu_mul(b.gate_up.data(), n, I, b.act.data());
-    be.matmul(L.down, b.act.data(), n, b.tmp.data());
-    be.add(b.x.data(), b.tmp.data(), n * H);
+    mlp_rows(L, n, rows);
   }
   for (int64_t i = 0; i < n; ++i) {
     Session& s = *sessions[static_cast<size_t>(i)];
@@ -209,19 +225,12 @@ void LlamaModel::forward_chunk(Session& s, std::span<const int32_t> tokens, bool
 
   for (int64_t i = 0; i < n; ++i) weights_.embed.row(tokens[static_cast<size_t>(i)], s.x_.data() + i * H);
 
+  const Rows rows{s.x_.data(), s.h_.data(), s.qkv_.data(), s.attn_.data(), s.gate_up_.data(), s.act_.data(), s.tmp_.data()};
   for (size_t li = 0; li < weights_.layers.size(); ++li) {
     const LayerWeights& L = weights_.layers[li];
     float* k_cache = s.k_cache_[li].data();
     float* v_cache = s.v_cache_[li].data();
-
-    be.rms_norm(s.x_.data(), L.attn_norm.data(), n, H, eps, s.h_.data());
-    be.matmul(L.qkv, s.h_.data(), n, s.qkv_.data());
-    if (!L.qkv_bias.empty()) {
-      for (int64_t i = 0; i < n; ++i) be.add(s.qkv_.data() + i * QKV, L.qkv_bias.data(), QKV);
-    }
-    // q at columns [0, Q), k at [Q, Q+KV), v at [Q+KV, QKV).
-    be.rope(s.qkv_.data(), n, QKV, c.n_heads, c.head_dim, s.positions_.data(), inv_freq_.data());
-    be.rope(s.qkv_.data() + Q, n, QKV, c.n_kv_heads, c.head_dim, s.positions_.data(), inv_freq_.data());
+    qkv_rows(L, n, s.positions_.data(), rows);
     for (int64_t i = 0; i < n; ++i) {
       const float* row = s.qkv_.data() + i * QKV;
       std::memcpy(k_cache + (pos0 + i) * KV, row + Q, static_cast<size_t>(KV) * sizeof(float));
@@ -229,14 +238,7 @@ void LlamaModel::forward_chunk(Session& s, std::span<const int32_t> tokens, bool
     }
     be.attention(s.qkv_.data(), QKV, k_cache, v_cache, KV, n, pos0, c.n_heads, c.n_kv_heads, c.head_dim,
                  s.attn_.data());
-    be.matmul(L.o, s.attn_.data(), n, s.tmp_.data());
-    be.add(s.x_.data(), s.tmp_.data(), n * H);
-
-    be.rms_norm(s.x_.data(), L.ffn_norm.data(), n, H, eps, s.h_.data());
-    be.matmul(L.gate_up, s.h_.data(), n, s.gate_up_.data());
-    be.silu_mul(s.gate_up_.data(), n, I, s.act_.data());
-    be.matmul(L.down, s.act_.data(), n, s.tmp_.data());
-    be.add(s.x_.data(), s.tmp_.data(), n * H);
+    mlp_rows(L, n, rows);
   }
   s.pos_ = pos0 + n;
   s.tokens_.insert(s.tokens_.end(), tokens.begin(), tokens.end());

@@ -68,6 +68,16 @@ class LlamaModel {
  private:
   LlamaModel() = default;
   void forward_chunk(Session& s, std::span<const int32_t> tokens, bool all_positions, float* logits) const;
+  // The activations of n rows, shared by forward_chunk (one session's chunk) and forward_batch
+  // (one row per session): x, h, tmp [n, H]; qkv [n, Q + 2 KV]; attn [n, Q]; gate_up [n, 2 I];
+  // act [n, I].
+  struct Rows {
+    float *x, *h, *qkv, *attn, *gate_up, *act, *tmp;
+  };
+  // A layer before attention: h = rms_norm(x); qkv = h Wqkv (+ bias); RoPE on q and k at `positions`.
+  void qkv_rows(const LayerWeights& L, int64_t n, const int32_t* positions, const Rows& r) const;
+  // A layer after attention: x += attn Wo; x += down(silu(gate) * up) of rms_norm(x).
+  void mlp_rows(const LayerWeights& L, int64_t n, const Rows& r) const;
 
   ModelInfo info_;
   LlamaWeights weights_;
