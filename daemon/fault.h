@@ -32,7 +32,8 @@ void fault_device_hang(std::string_view name);
 // download's checkpoint of its partial).
 int fault_fsync(std::string_view name, int fd);
 // fault_eio: throws Error(io) naming `file`, as a failed fsync of it would. Names in use:
-// "quantize.checkpoint" (after the checkpoint's files were written).
+// "quantize.checkpoint" (after the checkpoint's files were written), "registry.add" (the COMMIT
+// that registers a new tag: it rolls back).
 void fault_eio(std::string_view name, const std::filesystem::path& file);
 
 }  // namespace gptqd::daemon

@@ -6,6 +6,7 @@
 
 #include <ctime>
 
+#include "daemon/fault.h"
 #include "engine/error.h"
 
 namespace gptqd::daemon {
@@ -348,6 +349,8 @@ void Registry::add(const RegistryTag& t) {
     Stmt(db_, "INSERT INTO files(tag_id, name, digest) VALUES (?, ?, ?)").bind(1, tag_id).bind(2, f.name)
         .bind(3, f.digest).run();
   }
+  // As a COMMIT whose sync fails: the transaction rolls back and the caller sees an I/O error.
+  fault_eio("registry.add", "registry.db");
   tx.commit();
 }
 

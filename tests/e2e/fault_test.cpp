@@ -165,6 +165,31 @@ TEST_F(FaultTest, FsyncEioWritingAQuantizeCheckpointFailsTheJobAndTheNextOneWork
   EXPECT_EQ(job["state"], "failed");
 }
 
+// An import whose registry COMMIT fails with an I/O error keeps its just-published blobs: SQLite
+// may still apply such a commit from its WAL after a crash, and deleting them could leave rows
+// without files. Unreferenced, they are removed by the next start's sweep.
+TEST_F(FaultTest, EioOnAnImportsCommitKeepsItsBlobsUntilTheNextStart) {
+  ASSERT_TRUE(daemon_->start({"GPTQD_FAULT_EIO=registry.add"}, {"--device", "cpu"})) << daemon_->log();
+  HttpReply r = pull(dir_ / "tiny", "tiny");
+  EXPECT_EQ(r.status, 500) << r.body;
+  EXPECT_NE(error_of(r).find("Input/output error"), std::string::npos) << r.body;
+  EXPECT_TRUE(models().empty());
+  const size_t kept = list_dir(daemon_->state_dir() / "blobs").size();
+  EXPECT_GT(kept, 0u) << "the blobs of an import whose commit failed are kept";
+  EXPECT_NE(daemon_->log().find("keeping " + std::to_string(kept) + " blob(s) of an import whose registry commit failed"),
+            std::string::npos)
+      << daemon_->log();
+  expect_healthy();
+  EXPECT_EQ(daemon_->stop(), 0);
+  ASSERT_TRUE(daemon_->start({}, {"--device", "cpu"})) << daemon_->log();
+  EXPECT_TRUE(list_dir(daemon_->state_dir() / "blobs").empty()) << "the next start's sweep removed them";
+  EXPECT_NE(daemon_->log().find("(from an interrupted import)"), std::string::npos) << daemon_->log();
+  expect_consistent();
+  EXPECT_EQ(pull(dir_ / "tiny", "tiny").status, 200);
+  EXPECT_EQ(models(), std::set<std::string>{"tiny:fp16"});
+  expect_consistent();
+}
+
 TEST_F(FaultTest, FsyncEioStagingABlobFailsTheImport) {
   if (!have_fiu()) GTEST_SKIP() << "fiu-run/fiu-ctrl missing (Debian package fiu-utils; scripts/install-deps.sh)";
   ASSERT_TRUE(start_under_fiu()) << daemon_->log();
