@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
-// Clients that hang up at every stage of a streamed response (e2e tests; reliability.md D07):
-// during the prefill (before the first token), right after the first chunk and in the middle of
-// the stream, on /api/generate, /api/chat and /v1/chat/completions, during an unstreamed answer,
-// and in the middle of a pull's progress stream. Each time the work is cancelled, the daemon stays healthy, its open file
-// descriptors return to where they were and the next request is served.
+// Clients that hang up at every stage of a response (e2e tests; reliability.md D07): during the
+// prefill (before the first token), right after the first chunk and in the middle of the stream,
+// on /api/generate, /api/chat and /v1/chat/completions; during an unstreamed answer and an
+// unstreamed /api/eval; in the middle of a pull's progress stream. Each time the work is
+// cancelled, the daemon stays healthy, its open file descriptors return to where they were and
+// the next request is served. A client that only half-closes is not a hang-up.
 // (serving_test's ClientDisconnectCancelsTheGeneration is the plain /api/generate first-token case.)
 #include <gtest/gtest.h>
 #include <poll.h>
